@@ -1,0 +1,74 @@
+"""Atomic pytree checkpoints: ``.npz`` of the leaves, restored into a template's structure.
+
+A file is written next to its target and moved over it with ``os.replace``, which is
+atomic on POSIX: a crash leaves the previous checkpoint or the new one, never half of
+one. No pickle is involved, so loading a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` so that readers see the old file or the new one, whole."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """``atomic_write_bytes`` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any) -> None:
+    """Writes ``value`` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def save_pytree(path: str | os.PathLike, tree: Any) -> None:
+    """Saves the leaves of ``tree`` (arrays or numbers) to an ``.npz`` file atomically."""
+    import io
+
+    leaves = jax.tree_util.tree_leaves(jax.device_get(tree))
+    buffer = io.BytesIO()
+    np.savez(buffer, **{f"leaf_{i:05d}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_pytree(path: str | os.PathLike, like: Any) -> Any:
+    """Loads a tree saved by ``save_pytree`` into the structure of ``like``.
+
+    Raises ``ValueError`` if the file's leaves do not match ``like`` in number, shape or
+    dtype (a checkpoint from another configuration).
+    """
+    template, treedef = jax.tree_util.tree_flatten(like)
+    with np.load(os.fspath(path), allow_pickle=False) as data:
+        leaves = [data[f"leaf_{i:05d}"] for i in range(len(data.files))]
+    if len(leaves) != len(template):
+        raise ValueError(f"checkpoint {path} has {len(leaves)} arrays, expected {len(template)}: "
+                         "it was written by a different configuration")
+    for index, (leaf, reference) in enumerate(zip(leaves, template)):
+        reference = np.asarray(reference)
+        if leaf.shape != reference.shape or leaf.dtype != reference.dtype:
+            raise ValueError(f"checkpoint {path} array {index} is {leaf.dtype}{list(leaf.shape)}, expected "
+                             f"{reference.dtype}{list(reference.shape)}: it was written by a different configuration")
+    return jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(leaf) for leaf in leaves])

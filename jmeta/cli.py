@@ -1,0 +1,103 @@
+"""The ``jmeta`` command: ``jmeta list`` and ``jmeta run EXPERIMENT [--out DIR] [field=value ...]``.
+
+Experiments are the modules of ``jmeta.experiments`` (the repository's ``experiments/``
+folder); each defines a ``Config`` dataclass and ``main(config, run) -> results``. Module
+names use underscores and commands use hyphens: ``bench_core`` runs as ``bench-core``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import pkgutil
+import sys
+import time
+from types import ModuleType
+
+from jmeta.config import from_record, override
+from jmeta.runs import RunDir
+
+
+def experiment_names() -> list[str]:
+    """Names of the available experiments, as typed on the command line."""
+    import jmeta.experiments as package
+
+    return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(package.__path__)
+                  if not m.name.startswith("_"))
+
+
+def load_experiment(name: str) -> ModuleType:
+    """The module of experiment ``name``; raises ``ValueError`` listing the known ones."""
+    names = experiment_names()
+    if name not in names:
+        raise ValueError(f"unknown experiment {name!r}; expected one of {', '.join(names)}")
+    return importlib.import_module(f"jmeta.experiments.{name.replace('-', '_')}")
+
+
+def run_experiment(name: str, out: str | None = None, assignments: list[str] = (), *, resume: str | None = None,
+                   progress: bool = True) -> dict:
+    """Runs an experiment as the command line does and returns its results.
+
+    With ``resume`` the run in that directory continues from its checkpoints with its saved
+    config; overrides are then refused unless they match it.
+    """
+    if resume is not None:
+        with open(os.path.join(resume, "config.json")) as f:
+            saved = json.load(f)
+        if name is not None and name != saved["experiment"]:
+            raise ValueError(f"--resume {resume} holds a {saved['experiment']!r} run, not {name!r}")
+        name, out = saved["experiment"], resume
+    module = load_experiment(name)
+    if resume is None:
+        config = override(module.Config(), list(assignments))
+    else:
+        config = from_record(module.Config, saved["config"])
+        if override(config, list(assignments)) != config:
+            raise ValueError(f"--resume {resume}: overrides {list(assignments)} differ from the saved config")
+    out = out or os.path.join("runs", name, time.strftime("%Y%m%d-%H%M%S"))
+    run = RunDir(out, name, config, resume=resume is not None)
+    results = module.main(config, run, progress=progress)
+    run.write_results(results)
+    print(f"\nwrote {run.path}/results.json", file=sys.stderr)
+    return results
+
+
+def _describe(name: str) -> str:
+    module = load_experiment(name)
+    doc = (module.__doc__ or "").strip().splitlines()
+    fields = ", ".join(f"{f.name}={getattr(module.Config(), f.name)!r}" for f in dataclasses.fields(module.Config))
+    return f"{name}: {doc[0] if doc else ''}\n    {fields}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jmeta", description="Run jmeta experiments.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="show the experiments and their config fields")
+    run_parser = commands.add_parser("run", help="run an experiment")
+    run_parser.add_argument("experiment", nargs="?", help="experiment name (see `jmeta list`)")
+    run_parser.add_argument("overrides", nargs="*", metavar="field=value", help="config fields to override")
+    # Overrides may stand before or after --out/--resume, so the run command parses intermixed.
+    run_parser.add_argument("--out", help="run directory (default: runs/EXPERIMENT/TIMESTAMP)")
+    run_parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoints")
+    run_parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "run" or any(arg.startswith("-") for arg in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
+    try:
+        if args.command == "list":
+            print("\n".join(_describe(name) for name in experiment_names()))
+            return 0
+        if args.experiment is None and args.resume is None:
+            parser.error("run needs an EXPERIMENT or --resume DIR")
+        if args.experiment is not None and "=" in args.experiment:
+            parser.error(f"expected an experiment name before the overrides, got {args.experiment!r}")
+        run_experiment(args.experiment, args.out, args.overrides, resume=args.resume, progress=not args.no_progress)
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        print(f"jmeta: error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,117 @@
+"""The inner loop: a few functional SGD steps on one task's support set, under ``lax.scan``.
+
+Inner learning rates are meta-parameters stored as logarithms, so that gradient steps in
+the outer loop can never make a rate negative. Four forms share one code path; they differ
+only in the shape of the stored log-rate:
+
+==================  ==========================================  ============================
+``inner_rate``      stored log-rate                             algorithm
+==================  ==========================================  ============================
+``"fixed"``         a scalar, always frozen                     MAML, first-order MAML, ANIL
+``"scalar"``        a scalar, learned (the meta learning rate)  MAML with a learned rate
+``"per_param"``     one per parameter element                   Meta-SGD (Li et al. 2017)
+``"per_step_layer"`` one per inner step and parameter leaf      MAML++'s LSLR (Antoniou 2019)
+==================  ==========================================  ============================
+
+Meta-SGD in log space cannot flip the sign of a rate as the original can; in exchange the
+rates stay positive without clipping. With ``per_step_layer``, steps past the number the
+rates were built for reuse the last step's rates, so a learner can be evaluated with more
+steps than it was trained with.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from jmeta.losses import LossFn
+from jmeta.models import Learner
+from jmeta.tasks.base import Batch
+
+RATE_KINDS = ("fixed", "scalar", "per_param", "per_step_layer")
+
+
+def partition(params: Any, mask: Any) -> tuple[Any, Any]:
+    """Splits ``params`` into (adapted, frozen) trees with ``None`` in the other's places."""
+    if mask is None:
+        return params, jax.tree_util.tree_map(lambda _: None, params)
+    adapted = jax.tree_util.tree_map(lambda p, m: p if m else None, params, mask)
+    frozen = jax.tree_util.tree_map(lambda p, m: None if m else p, params, mask)
+    return adapted, frozen
+
+
+def merge(adapted: Any, frozen: Any) -> Any:
+    """Inverse of ``partition``."""
+    return jax.tree_util.tree_map(lambda a, f: f if a is None else a, adapted, frozen, is_leaf=lambda x: x is None)
+
+
+def init_log_rate(kind: str, inner_lr: float, learner: Learner, num_steps: int) -> Any:
+    """The stored (log) inner rate of ``learner`` for rate form ``kind``."""
+    adapted, _ = partition(learner.params, learner.adapt_mask)
+    dtype = jax.tree_util.tree_leaves(learner.params)[0].dtype
+    log_lr = jnp.log(jnp.asarray(inner_lr, dtype))
+    if kind in ("fixed", "scalar"):
+        return log_lr
+    if kind == "per_param":
+        return jax.tree_util.tree_map(lambda p: jnp.full(p.shape, log_lr, p.dtype), adapted)
+    if kind == "per_step_layer":
+        return jax.tree_util.tree_map(lambda p: jnp.full((num_steps,), log_lr, p.dtype), adapted)
+    raise ValueError(f"unknown inner_rate {kind!r}; expected one of {RATE_KINDS}")
+
+
+def rate_at(kind: str, log_rate: Any, step: jax.Array, adapted: Any) -> Any:
+    """The inner learning rate at ``step``, as a tree matching ``adapted``."""
+    if kind in ("fixed", "scalar"):
+        rate = jnp.exp(log_rate)
+        return jax.tree_util.tree_map(lambda _: rate, adapted)
+    if kind == "per_param":
+        return jax.tree_util.tree_map(jnp.exp, log_rate)
+    # per_step_layer: one rate per leaf and step; the last one is reused past the end.
+    return jax.tree_util.tree_map(lambda r: jnp.exp(jnp.asarray(r)[jnp.minimum(step, r.shape[0] - 1)]), log_rate)
+
+
+def make_adapt(learners: tuple[Learner, ...], loss_fn: LossFn, inner_rate: str, *,
+               first_order: bool = False, remat: bool = False) -> Callable:
+    """Builds ``adapt(learner_params, log_rates, support, num_steps, observe=None)``.
+
+    Each base learner takes ``num_steps`` SGD steps ``params - lr * grad`` on its own support
+    loss, all learners in one ``lax.scan``. With ``first_order`` the inner gradient is a
+    constant to the meta-gradient (first-order MAML). With ``remat`` each step is wrapped in
+    ``jax.checkpoint`` so that the backward pass recomputes a step's activations instead of
+    storing them: second-order memory then grows only by one parameter copy per step.
+
+    Returns a function giving ``(adapted_params, trace)`` where ``trace["inner/loss"]`` has
+    shape ``(num_steps, num_learners)`` (support loss before each step) and, if ``observe``
+    is given, ``trace["observed"]`` stacks ``observe(params)`` before each step.
+    """
+
+    def step_learner(learner: Learner, params: Any, log_rate: Any, step: jax.Array, support: Batch):
+        adapted, frozen = partition(params, learner.adapt_mask)
+
+        def support_loss(adapted_part):
+            return loss_fn(learner.apply_fn(merge(adapted_part, frozen), support.x), support.y)
+
+        loss, grads = jax.value_and_grad(support_loss)(adapted)
+        if first_order:
+            grads = jax.lax.stop_gradient(grads)
+        rates = rate_at(inner_rate, log_rate, step, adapted)
+        adapted = jax.tree_util.tree_map(lambda p, g, r: p - r * g, adapted, grads, rates)
+        return merge(adapted, frozen), loss
+
+    def adapt(learner_params, log_rates, support: Batch, num_steps: int, observe=None):
+        def body(params, step):
+            observed = observe(params) if observe is not None else None
+            stepped = [step_learner(l, p, r, step, support) for l, p, r in zip(learners, params, log_rates)]
+            new_params = tuple(p for p, _ in stepped)
+            trace = {"inner/loss": jnp.stack([loss for _, loss in stepped])}
+            if observe is not None:
+                trace["observed"] = observed
+            return new_params, trace
+
+        if remat:
+            body = jax.checkpoint(body, prevent_cse=False)
+        return jax.lax.scan(body, tuple(learner_params), jnp.arange(num_steps))
+
+    return adapt

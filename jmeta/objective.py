@@ -1,0 +1,234 @@
+"""The meta-objective: query loss after inner adaptation, as a pure function of meta-parameters.
+
+``MetaParams`` is one pytree holding everything the outer loop may learn: the initial
+weights of each base learner, their inner (log) learning rates and the learning-strategy
+logits. Any part can be frozen by a path prefix (see ``MetaLearnerConfig.freeze``); freezing
+happens in the optimizer, so frozen parts still get (unused) gradients and every part stays
+differentiable for tests and analysis.
+
+The single-task loss is written first and vmapped over the task axis in one place,
+``_over_tasks``, with meta-parameters broadcast and tasks mapped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jmeta.inner import RATE_KINDS, init_log_rate, make_adapt
+from jmeta.losses import LOSSES, get_loss
+from jmeta.models import Learner, head_mask
+from jmeta.strategy import ACTIVATIONS, combine_outputs
+from jmeta.tasks.base import Batch, Task, validate_tasks
+from jmeta.validation import check_choice, check_positive_float, check_positive_int
+
+META_GRADIENTS = ("second_order", "first_order", "reptile")
+
+
+class MetaParams(NamedTuple):
+    """Everything the outer loop learns. ``learners``/``inner_lr`` hold one entry per base learner."""
+
+    learners: tuple
+    inner_lr: tuple
+    strategy: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaLearnerConfig:
+    """Hyper-parameters of a meta-learner; ``jmeta.algorithms`` names the usual settings.
+
+    Attributes:
+      num_inner_steps: inner SGD steps during meta-training (static).
+      inner_lr: initial (or, with ``inner_rate="fixed"``, constant) inner learning rate.
+      inner_rate: ``"fixed"``, ``"scalar"``, ``"per_param"`` or ``"per_step_layer"``.
+      meta_gradient: ``"second_order"`` (MAML), ``"first_order"`` (FOMAML: the inner
+        gradient is a constant) or ``"reptile"`` (``init - adapted`` as the update direction).
+      adapt: ``"all"`` or ``"head"`` (ANIL: only the ``head`` submodule adapts).
+      loss: ``"mse"`` or ``"ce"``, used in both loops.
+      activation: ``"softmax"`` or ``"sigmoid"`` for the learning strategy.
+      remat: wrap each inner step in ``jax.checkpoint``.
+      freeze: path prefixes of meta-parameters the outer loop leaves alone, e.g.
+        ``("strategy",)``, ``("learners/0",)``, ``("inner_lr",)``. A fixed inner rate and
+        the strategy of a single learner are always frozen.
+    """
+
+    num_inner_steps: int = 1
+    inner_lr: float = 0.01
+    inner_rate: str = "fixed"
+    meta_gradient: str = "second_order"
+    adapt: str = "all"
+    loss: str = "mse"
+    activation: str = "softmax"
+    remat: bool = False
+    freeze: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        check_positive_int("num_inner_steps", self.num_inner_steps)
+        check_positive_float("inner_lr", self.inner_lr)
+        check_choice("inner_rate", self.inner_rate, RATE_KINDS)
+        check_choice("meta_gradient", self.meta_gradient, META_GRADIENTS)
+        check_choice("adapt", self.adapt, ("all", "head"))
+        check_choice("loss", self.loss, LOSSES)
+        check_choice("activation", self.activation, ACTIVATIONS)
+        if isinstance(self.freeze, str):
+            raise ValueError(f"freeze must be a tuple of path prefixes, got the string {self.freeze!r}")
+
+
+class MetaLearner(NamedTuple):
+    """Pure functions of one meta-learner, built by ``make_meta_learner``.
+
+    Attributes:
+      config: the ``MetaLearnerConfig`` it was built from.
+      learners: the base learners (their ``params`` are the initial meta-parameters).
+      init: ``() -> MetaParams``.
+      trainable: ``MetaParams -> pytree of bools``; ``False`` marks frozen leaves.
+      adapt: ``(meta_params, support, num_steps) -> (adapted, trace)`` for one task.
+      predict: ``(meta_params, adapted, x) -> outputs`` combined by the learning strategy.
+      task_loss: ``(meta_params, task) -> (loss, metrics)`` for one task.
+      meta_loss: ``(meta_params, tasks) -> (loss, metrics)``, vmapped over tasks.
+      meta_grad: ``(meta_params, tasks) -> (grads, metrics)`` for the configured estimator.
+      evaluate: ``(meta_params, tasks, num_steps) -> dict`` of per-task query metrics after
+        0..num_steps inner steps, each of shape ``(num_tasks, num_steps + 1)``.
+    """
+
+    config: MetaLearnerConfig
+    learners: tuple
+    init: Callable
+    trainable: Callable
+    adapt: Callable
+    predict: Callable
+    task_loss: Callable
+    meta_loss: Callable
+    meta_grad: Callable
+    evaluate: Callable
+
+
+def _over_tasks(fn: Callable) -> Callable:
+    """The one vmap of the library: meta-parameters broadcast, tasks mapped."""
+    return jax.vmap(fn, in_axes=(None, 0))
+
+
+def _path_name(path) -> str:
+    """``MetaParams`` key path as ``"learners/0/head/kernel"``."""
+    parts = []
+    for key in path:
+        for attribute in ("name", "key", "idx"):
+            if hasattr(key, attribute):
+                parts.append(str(getattr(key, attribute)))
+                break
+    return "/".join(parts)
+
+
+def make_meta_learner(learners: Learner | tuple[Learner, ...] | list[Learner],
+                      config: MetaLearnerConfig = MetaLearnerConfig()) -> MetaLearner:
+    """Builds the pure functions of a meta-learner over one or more base learners.
+
+    Args:
+      learners: a ``Learner`` or a sequence of them; with several, their adapted outputs are
+        combined by the learning strategy.
+      config: a ``MetaLearnerConfig``.
+
+    Example::
+
+      learner = jmeta.mlp_learner(jax.random.key(0))
+      maml = jmeta.make_meta_learner(learner, jmeta.algorithm_config("maml"))
+      loss, metrics = maml.meta_loss(maml.init(), tasks)
+    """
+    if isinstance(learners, Learner):
+        learners = (learners,)
+    learners = tuple(learners)
+    if not learners:
+        raise ValueError("learners must hold at least one base learner, got none")
+    for learner in learners:
+        if not isinstance(learner, Learner):
+            raise TypeError(f"learners must be jmeta.Learner values, got {type(learner).__name__}")
+    if config.adapt == "head":
+        learners = tuple(l._replace(adapt_mask=head_mask(l.params, "head")) for l in learners)
+
+    loss_fn = get_loss(config.loss)
+    adapt_all = make_adapt(learners, loss_fn, config.inner_rate,
+                           first_order=config.meta_gradient == "first_order", remat=config.remat)
+    frozen_prefixes = tuple(config.freeze)
+    if config.inner_rate == "fixed":
+        frozen_prefixes += ("inner_lr",)
+    if len(learners) == 1:
+        frozen_prefixes += ("strategy",)
+
+    def init() -> MetaParams:
+        dtype = jax.tree_util.tree_leaves(learners[0].params)[0].dtype
+        return MetaParams(
+            learners=tuple(l.params for l in learners),
+            inner_lr=tuple(init_log_rate(config.inner_rate, config.inner_lr, l, config.num_inner_steps)
+                           for l in learners),
+            strategy=jnp.zeros((len(learners),), dtype))
+
+    def trainable(meta_params: MetaParams) -> Any:
+        def is_trainable(path, _):
+            name = _path_name(path)
+            return not any(name == p or name.startswith(p.rstrip("/") + "/") for p in frozen_prefixes)
+        return jax.tree_util.tree_map_with_path(is_trainable, meta_params)
+
+    def predict(meta_params: MetaParams, adapted: tuple, x: jax.Array) -> jax.Array:
+        outputs = [l.apply_fn(p, x) for l, p in zip(learners, adapted)]
+        return combine_outputs(outputs, meta_params.strategy, config.activation, config.loss)
+
+    def adapt(meta_params: MetaParams, support: Batch, num_steps: int | None = None, observe=None):
+        steps = config.num_inner_steps if num_steps is None else check_positive_int("num_steps", num_steps)
+        return adapt_all(meta_params.learners, meta_params.inner_lr, support, steps, observe)
+
+    def query_metrics(meta_params: MetaParams, params: tuple, query: Batch) -> dict:
+        outputs = predict(meta_params, params, query.x)
+        metrics = {"loss": loss_fn(outputs, query.y)}
+        if config.loss == "ce":
+            metrics["accuracy"] = jnp.mean(jnp.argmax(outputs, axis=-1) == query.y)
+        return metrics
+
+    def task_loss(meta_params: MetaParams, task: Task):
+        adapted, trace = adapt(meta_params, task.support)
+        post = query_metrics(meta_params, adapted, task.query)
+        metrics = {"inner/loss_first": trace["inner/loss"][0].mean(),
+                   "inner/loss_last": trace["inner/loss"][-1].mean()}
+        metrics.update({f"post/{k}": v for k, v in post.items()})
+        return post["loss"], metrics
+
+    def meta_loss(meta_params: MetaParams, tasks: Task):
+        validate_tasks(tasks)
+        losses, metrics = _over_tasks(task_loss)(meta_params, tasks)
+        return losses.mean(), jax.tree_util.tree_map(jnp.mean, metrics)
+
+    def reptile_grad(meta_params: MetaParams, tasks: Task):
+        validate_tasks(tasks)
+        def task_direction(meta_params, task):
+            adapted, trace = adapt(meta_params, task.support)
+            post = query_metrics(meta_params, adapted, task.query)
+            return adapted, {"inner/loss_first": trace["inner/loss"][0].mean(), "post/loss": post["loss"]}
+
+        adapted, metrics = _over_tasks(task_direction)(meta_params, tasks)
+        # Reptile moves the initialisation towards the adapted weights: init - mean(adapted)
+        # plays the role of a gradient for the outer optimizer. Rates and strategy stay put.
+        learner_grads = jax.tree_util.tree_map(lambda p, a: p - a.mean(axis=0), meta_params.learners, adapted)
+        grads = MetaParams(learner_grads, jax.tree_util.tree_map(jnp.zeros_like, meta_params.inner_lr),
+                           jnp.zeros_like(meta_params.strategy))
+        return grads, jax.tree_util.tree_map(jnp.mean, metrics)
+
+    def meta_grad(meta_params: MetaParams, tasks: Task):
+        if config.meta_gradient == "reptile":
+            return reptile_grad(meta_params, tasks)
+        (_, metrics), grads = jax.value_and_grad(meta_loss, has_aux=True)(meta_params, tasks)
+        return grads, metrics
+
+    def evaluate(meta_params: MetaParams, tasks: Task, num_steps: int) -> dict:
+        validate_tasks(tasks)
+        def task_trajectory(meta_params, task):
+            observe = lambda params: query_metrics(meta_params, params, task.query)
+            adapted, trace = adapt(meta_params, task.support, num_steps, observe)
+            final = query_metrics(meta_params, adapted, task.query)
+            return jax.tree_util.tree_map(lambda steps, last: jnp.concatenate([steps, last[None]]),
+                                          trace["observed"], final)
+
+        return _over_tasks(task_trajectory)(meta_params, tasks)
+
+    return MetaLearner(config, learners, init, trainable, adapt, predict, task_loss, meta_loss, meta_grad, evaluate)

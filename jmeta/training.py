@@ -1,0 +1,63 @@
+"""The host loop around the jitted meta step: chunks, logging, checkpoints, progress bar.
+
+Steps run in chunks of ``log_every`` inside one jitted ``lax.scan`` (``MetaStep.run``);
+chunk boundaries are multiples of ``log_every`` whether or not the run was resumed, and
+checkpoints fall on multiples of ``checkpoint_every`` (itself a multiple of
+``log_every``), so a resumed run performs exactly the computation of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from tqdm.auto import tqdm
+
+from jmeta.outer import MetaState, MetaStep
+from jmeta.runs import RunDir
+from jmeta.validation import check_positive_int
+
+
+def fit(meta_step: MetaStep, state: MetaState, key: jax.Array, num_steps: int, *, log_every: int = 100,
+        checkpoint_every: int = 1000, run: RunDir | None = None, stage: str = "train",
+        progress: bool = True) -> MetaState:
+    """Runs meta-training until ``state.step == num_steps``.
+
+    Args:
+      meta_step: from ``make_meta_step``.
+      state: the initial state; replaced by the stage's checkpoint in ``run`` if it has one.
+      key: the base key of the run (``step`` folds the step number into it).
+      num_steps: total outer steps.
+      log_every: metrics (means over the chunk) are logged every ``log_every`` steps.
+      checkpoint_every: the state is saved atomically every ``checkpoint_every`` steps.
+      run: where to log and checkpoint; ``None`` keeps everything in memory.
+      stage: the name of this training run inside ``run``.
+      progress: show a tqdm progress bar.
+
+    Returns:
+      The final ``MetaState``.
+    """
+    num_steps = check_positive_int("num_steps", num_steps)
+    log_every = check_positive_int("log_every", log_every)
+    checkpoint_every = check_positive_int("checkpoint_every", checkpoint_every)
+    if checkpoint_every % log_every:
+        raise ValueError(f"checkpoint_every ({checkpoint_every}) must be a multiple of log_every ({log_every})")
+    if run is not None:
+        restored = run.load_checkpoint(stage, state)
+        if restored is not None:
+            state = restored
+            run.rewind_metrics(stage, int(state.step))
+    step = int(state.step)
+    with tqdm(total=num_steps, initial=step, desc=stage, disable=not progress, leave=False) as bar:
+        while step < num_steps:
+            chunk = min(log_every - step % log_every, num_steps - step)
+            state, metrics = meta_step.run(state, key, chunk)
+            step += chunk
+            metrics = {name: float(value) for name, value in metrics.items()}
+            bar.update(chunk)
+            bar.set_postfix({name.split("/")[-1]: f"{value:.3g}" for name, value in metrics.items() if "post" in name})
+            if run is not None:
+                run.log({"stage": stage, "step": step, **metrics})
+                if step % checkpoint_every == 0 or step == num_steps:
+                    run.save_checkpoint(stage, state)
+    return state
