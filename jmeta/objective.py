@@ -150,7 +150,8 @@ def make_meta_learner(learners: Learner | tuple[Learner, ...] | list[Learner],
 
     loss_fn = get_loss(config.loss)
     adapt_all = make_adapt(learners, loss_fn, config.inner_rate,
-                           first_order=config.meta_gradient == "first_order", remat=config.remat)
+                           first_order=config.meta_gradient == "first_order", remat=config.remat,
+                           fixed_lr=config.inner_lr if config.inner_rate == "fixed" else None)
     frozen_prefixes = tuple(config.freeze)
     if config.inner_rate == "fixed":
         frozen_prefixes += ("inner_lr",)

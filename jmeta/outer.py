@@ -68,6 +68,9 @@ def make_meta_step(meta_learner: MetaLearner, sample_task: Callable[[jax.Array],
     transform = freeze(optimizer, meta_learner.trainable(meta_learner.init()))
 
     def init(meta_params) -> MetaState:
+        # The steps donate their input state; copying here keeps the caller's arrays (often
+        # the learners' own initial params) alive after the first step.
+        meta_params = jax.tree_util.tree_map(jnp.copy, meta_params)
         return MetaState(meta_params, transform.init(meta_params), jnp.zeros((), jnp.int32))
 
     def step(state: MetaState, key: jax.Array):

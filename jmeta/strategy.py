@@ -25,6 +25,10 @@ def strategy_weights(logits: jax.Array, activation: str) -> jax.Array:
 
 def combine_outputs(outputs: Sequence[jax.Array], logits: jax.Array, activation: str, loss: str) -> jax.Array:
     """The strategy's prediction: ``sum_l w_l * out_l`` (of log-probabilities for ``"ce"``)."""
+    if len(outputs) == 1 and activation == "softmax":
+        # The softmax of one logit is identically 1 (zero gradient): skipping the product
+        # changes no value and keeps the single-learner meta-gradient as lean as plain MAML.
+        return outputs[0]
     if loss == "ce":
         outputs = [jax.nn.log_softmax(out, axis=-1) for out in outputs]
     weights = strategy_weights(logits, activation)

@@ -1,0 +1,82 @@
+"""The ``jmeta`` command and the sinusoid experiment at a tiny size."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import jmeta.experiments.sinusoid as sinusoid
+from jmeta.cli import experiment_names, main, run_experiment
+from jmeta.training import fit
+
+TINY = ["methods=maml,metasgd", "shots=5", "num_steps=40", "eval_tasks=20", "eval_query=10",
+        "train_shots_for_anchor=5", "log_every=10", "checkpoint_every=20", "plot_tasks=2", "eval_steps=1,3"]
+
+
+def test_list_shows_the_experiments(capsys):
+    assert {"sinusoid", "bench-core"} <= set(experiment_names())
+    assert main(["list"]) == 0
+    assert "sinusoid: Sinusoid regression" in capsys.readouterr().out
+
+
+def test_command_line_from_another_directory(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "jmeta", "run", "sinusoid", "--out", str(out), "--no-progress", *TINY]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "| MAML | 5 |" in result.stdout
+    for name in ("config.json", "metrics.jsonl", "results.json", "table.md", "table.csv", "adapted_curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in records} == {"maml-k5", "metasgd-k5", "pretrained-k5"}
+    assert [r["step"] for r in records if r["stage"] == "maml-k5"] == [10, 20, 30, 40]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["scores"]["maml/train5/eval5"]) == {"0", "1", "3"}
+
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
+def test_bad_command_lines_exit_2_with_a_message(tmp_path, capsys):
+    assert main(["run", "sinusiod", "--out", str(tmp_path / "a")]) == 2
+    assert "unknown experiment 'sinusiod'" in capsys.readouterr().err
+    assert main(["run", "sinusoid", "--out", str(tmp_path / "b"), "num_step=3"]) == 2
+    assert "unknown config field 'num_step'" in capsys.readouterr().err
+    assert main(["run", "sinusoid", "--out", str(tmp_path / "c"), "methods=mamll"]) == 2
+    assert "unknown algorithm 'mamll'" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path / "nothing")]) == 2
+
+
+def test_resumed_experiment_ends_with_the_results_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    reference = run_experiment("sinusoid", str(tmp_path / "reference"), TINY, progress=False)
+
+    calls = {"n": 0}
+
+    def crashing_fit(meta_step, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second model dies after its first checkpoint
+            inner_calls = {"n": 0}
+            real_run = meta_step.run
+
+            def run(*run_args):
+                inner_calls["n"] += 1
+                if inner_calls["n"] == 3:
+                    raise KeyboardInterrupt
+                return real_run(*run_args)
+
+            meta_step = meta_step._replace(run=run)
+        return fit(meta_step, *args, **kwargs)
+
+    monkeypatch.setattr(sinusoid, "fit", crashing_fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment("sinusoid", str(tmp_path / "resumed"), TINY, progress=False)
+    assert not (tmp_path / "resumed" / "results.json").exists()
+    monkeypatch.setattr(sinusoid, "fit", fit)
+    with pytest.raises(ValueError, match="differ from the saved config"):
+        run_experiment(None, None, ["num_steps=50"], resume=str(tmp_path / "resumed"), progress=False)
+    resumed = run_experiment(None, None, [], resume=str(tmp_path / "resumed"), progress=False)
+
+    assert resumed == reference
+    assert (tmp_path / "resumed" / "metrics.jsonl").read_text() == (tmp_path / "reference" / "metrics.jsonl").read_text()

@@ -1,0 +1,116 @@
+"""The outer step compiles once; training checkpoints, resumes exactly and is reproducible."""
+
+import jax
+import numpy as np
+import pytest
+
+import jmeta
+from jmeta.checkpoint import load_pytree, save_pytree
+from jmeta.runs import RunDir
+from jmeta.training import fit
+from tests.helpers import small_mlp
+
+
+def _meta_step():
+    meta_learner = jmeta.make_meta_learner(small_mlp(), jmeta.algorithm_config("metasgd"))
+    meta_step = jmeta.make_meta_step(meta_learner, jmeta.make_sinusoid_sampler(5, 10), 4)
+    return meta_learner, meta_step
+
+
+def test_jitted_meta_step_does_not_retrace():
+    meta_learner, meta_step = _meta_step()
+    state = meta_step.init(meta_learner.init())
+    key = jax.random.key(0)
+    for _ in range(3):
+        state, metrics = meta_step.step(state, key)
+    assert meta_step.step._cache_size() == 1
+    assert int(state.step) == 3 and np.isfinite(float(metrics["post/loss"]))
+    for _ in range(2):
+        state, _ = meta_step.run(state, key, 5)
+    assert meta_step.run._cache_size() == 1
+
+
+def test_step_and_run_agree():
+    meta_learner, meta_step = _meta_step()
+    key = jax.random.key(3)
+    stepped = meta_step.init(meta_learner.init())
+    for _ in range(4):
+        stepped, _ = meta_step.step(stepped, key)
+    scanned, _ = meta_step.run(meta_step.init(meta_learner.init()), key, 4)
+    for a, b in zip(jax.tree_util.tree_leaves(stepped), jax.tree_util.tree_leaves(scanned)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_after(meta_step, calls):
+    """A MetaStep whose ``run`` raises on call number ``calls`` (as if the process was killed)."""
+    count = {"n": 0}
+
+    def run(state, key, num_steps):
+        count["n"] += 1
+        if count["n"] == calls:
+            raise _Crash()
+        return meta_step.run(state, key, num_steps)
+
+    return meta_step._replace(run=run)
+
+
+def _fit(meta_learner, meta_step, run, num_steps=60):
+    return fit(meta_step, meta_step.init(meta_learner.init()), jax.random.key(5), num_steps, log_every=10,
+               checkpoint_every=20, run=run, progress=False)
+
+
+def test_resume_after_a_crash_gives_identical_state_and_metrics(tmp_path):
+    meta_learner, meta_step = _meta_step()
+    config = jmeta.MetaLearnerConfig()
+    reference_run = RunDir(tmp_path / "reference", "test", config)
+    reference = _fit(meta_learner, meta_step, reference_run)
+
+    crashed_run = RunDir(tmp_path / "crashed", "test", config)
+    with pytest.raises(_Crash):
+        _fit(meta_learner, _crash_after(meta_step, 5), crashed_run)  # dies at step 40, last checkpoint at 40
+    assert len(crashed_run.metrics()) == 4
+    with pytest.raises(_Crash):
+        _fit(meta_learner, _crash_after(meta_step, 2), RunDir(tmp_path / "crashed", "test", config, resume=True))
+    resumed_run = RunDir(tmp_path / "crashed", "test", config, resume=True)
+    resumed = _fit(meta_learner, meta_step, resumed_run)
+
+    assert int(resumed.step) == 60
+    for a, b in zip(jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert resumed_run.metrics() == reference_run.metrics()
+
+
+def test_same_seed_same_result():
+    meta_learner, meta_step = _meta_step()
+    first = _fit(meta_learner, meta_step, None, 30)
+    second = _fit(meta_learner, meta_step, None, 30)
+    for a, b in zip(jax.tree_util.tree_leaves(first), jax.tree_util.tree_leaves(second)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_checkpoint_round_trip_and_mismatch(tmp_path):
+    meta_learner, meta_step = _meta_step()
+    state = meta_step.init(meta_learner.init())
+    save_pytree(tmp_path / "state.npz", state)
+    restored = load_pytree(tmp_path / "state.npz", state)
+    assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(state)
+    for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(restored)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    other = jmeta.make_meta_learner(small_mlp(hidden=(3,)), jmeta.algorithm_config("metasgd"))
+    other_step = jmeta.make_meta_step(other, jmeta.make_sinusoid_sampler(5, 10), 4)
+    with pytest.raises(ValueError, match="different configuration"):
+        load_pytree(tmp_path / "state.npz", other_step.init(other.init()))
+    assert [p.name for p in tmp_path.iterdir()] == ["state.npz"]  # no temporary file left behind
+
+
+def test_fit_validates_its_schedule():
+    meta_learner, meta_step = _meta_step()
+    state = meta_step.init(meta_learner.init())
+    with pytest.raises(ValueError, match="num_steps"):
+        fit(meta_step, state, jax.random.key(0), 0, progress=False)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        fit(meta_step, state, jax.random.key(0), 10, log_every=3, checkpoint_every=10, progress=False)
