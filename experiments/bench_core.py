@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from jmeta import algorithms
+from jmeta.inner import REMAT_KINDS
 from jmeta.losses import mse
 from jmeta.models import mlp_learner
 from jmeta.objective import make_meta_learner
@@ -176,16 +177,21 @@ def _torch_loop_throughput(config: Config) -> dict | None:
 
 
 def _memory(config: Config) -> list[dict]:
+    """XLA's peak temporary memory (and the time) of the second-order MAML meta-gradient."""
     tasks = sample_tasks(make_sinusoid_sampler(config.shots, config.num_query), jax.random.key(config.seed),
                          config.memory_meta_batch)
     rows = []
-    for remat in (False, True):
+    for remat in REMAT_KINDS:
         for steps in config.memory_steps:
             meta_learner = make_meta_learner(mlp_learner(jax.random.key(config.seed)), algorithms.algorithm_config(
                 "maml", num_inner_steps=steps, remat=remat, inner_lr=config.inner_lr))
-            analysis = jax.jit(meta_learner.meta_grad).lower(meta_learner.init(), tasks).compile().memory_analysis()
+            meta_params = meta_learner.init()
+            compiled = jax.jit(meta_learner.meta_grad).lower(meta_params, tasks).compile()
+            analysis = compiled.memory_analysis()
+            jax.block_until_ready(compiled(meta_params, tasks))
+            seconds, _ = _timed(lambda: jax.block_until_ready(compiled(meta_params, tasks)), config.min_seconds / 4)
             rows.append({"inner_steps": steps, "remat": remat, "meta_batch": config.memory_meta_batch,
-                         "temp_bytes": int(analysis.temp_size_in_bytes),
+                         "temp_bytes": int(analysis.temp_size_in_bytes), "seconds": seconds,
                          "total_bytes": int(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
                                             + analysis.output_size_in_bytes - analysis.alias_size_in_bytes)})
     return rows
@@ -213,7 +219,9 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
         ratios["handwritten_over_torch_loop"] = handwritten["tasks_per_second"] / torch_loop["tasks_per_second"]
     by_steps = {(r["remat"], r["inner_steps"]): r["temp_bytes"] for r in memory}
     first, last = min(config.memory_steps), max(config.memory_steps)
-    memory_ratio = {f"remat={remat}": by_steps[(remat, last)] / by_steps[(remat, first)] for remat in (False, True)}
+    memory_ratio = {f"remat={remat}": by_steps[(remat, last)] / by_steps[(remat, first)] for remat in REMAT_KINDS}
+    memory_ratio["remat=rollout over remat=none at the fewest steps"] = (by_steps[("rollout", last)]
+                                                                         / by_steps[("none", first)])
     results = {"machine": machine, "config": dataclasses.asdict(config), "throughput": throughput,
                "handwritten": handwritten, "torch_loop": torch_loop, "ratios": ratios, "memory": memory,
                f"memory_ratio_{last}_over_{first}_steps": memory_ratio}
@@ -228,9 +236,10 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
                      f"{torch_loop['tasks_per_second']:,.0f}", ""])
     table = markdown_table(["method", "meta-batch", "meta-steps/s (scan)", "tasks/s (scan)", "tasks/s (step call)",
                             "compile s"], rows)
-    memory_rows = [[r["inner_steps"], r["remat"], f"{r['temp_bytes'] / 2**20:.1f}"] for r in memory]
-    table += "\n" + markdown_table(["inner steps", "jax.checkpoint", f"peak temp MiB (meta-batch {config.memory_meta_batch})"],
-                                   memory_rows)
+    memory_rows = [[r["inner_steps"], r["remat"], f"{r['temp_bytes'] / 2**20:.1f}", f"{r['seconds'] * 1000:.0f}"]
+                   for r in memory]
+    table += "\n" + markdown_table(["inner steps", "remat", f"peak temp MiB (meta-batch {config.memory_meta_batch})",
+                                    "ms per meta-gradient"], memory_rows)
     table += "\n" + "\n".join(f"- {name}: {value:.2f}" for name, value in {**ratios, **{
         f"memory {last}/{first} steps, {k}": v for k, v in memory_ratio.items()}}.items()) + "\n"
     from jmeta.checkpoint import atomic_write_json

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import importlib.util
 import json
 import os
 import pkgutil
@@ -21,10 +22,30 @@ from jmeta.config import from_record, override
 from jmeta.runs import RunDir
 
 
+def _experiments_package() -> ModuleType:
+    """``jmeta.experiments``: installed, or the ``experiments/`` folder of a source checkout.
+
+    An installed jmeta maps ``experiments/`` to ``jmeta.experiments``; running from the
+    repository root without installing (``python -m jmeta``) finds the folder beside the
+    ``jmeta`` package instead.
+    """
+    try:
+        return importlib.import_module("jmeta.experiments")
+    except ModuleNotFoundError:
+        folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+        spec = importlib.util.spec_from_file_location("jmeta.experiments", os.path.join(folder, "__init__.py"),
+                                                      submodule_search_locations=[folder])
+        if spec is None or not os.path.isdir(folder):
+            raise
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["jmeta.experiments"] = package
+        spec.loader.exec_module(package)
+        return package
+
+
 def experiment_names() -> list[str]:
     """Names of the available experiments, as typed on the command line."""
-    import jmeta.experiments as package
-
+    package = _experiments_package()
     return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(package.__path__)
                   if not m.name.startswith("_"))
 
@@ -34,6 +55,7 @@ def load_experiment(name: str) -> ModuleType:
     names = experiment_names()
     if name not in names:
         raise ValueError(f"unknown experiment {name!r}; expected one of {', '.join(names)}")
+    _experiments_package()
     return importlib.import_module(f"jmeta.experiments.{name.replace('-', '_')}")
 
 

@@ -31,6 +31,7 @@ from jmeta.models import Learner
 from jmeta.tasks.base import Batch
 
 RATE_KINDS = ("fixed", "scalar", "per_param", "per_step_layer")
+REMAT_KINDS = ("none", "step", "rollout")
 
 
 def partition(params: Any, mask: Any) -> tuple[Any, Any]:
@@ -73,14 +74,23 @@ def rate_at(kind: str, log_rate: Any, step: jax.Array, adapted: Any) -> Any:
 
 
 def make_adapt(learners: tuple[Learner, ...], loss_fn: LossFn, inner_rate: str, *,
-               first_order: bool = False, remat: bool = False, fixed_lr: float | None = None) -> Callable:
+               first_order: bool = False, remat: str = "none", fixed_lr: float | None = None) -> Callable:
     """Builds ``adapt(learner_params, log_rates, support, num_steps, observe=None)``.
 
     Each base learner takes ``num_steps`` SGD steps ``params - lr * grad`` on its own support
     loss, all learners in one ``lax.scan``. With ``first_order`` the inner gradient is a
-    constant to the meta-gradient (first-order MAML). With ``remat`` each step is wrapped in
-    ``jax.checkpoint`` so that the backward pass recomputes a step's activations instead of
-    storing them: second-order memory then grows only by one parameter copy per step.
+    constant to the meta-gradient (first-order MAML).
+
+    ``remat`` trades compute for the memory of the second-order backward pass:
+
+    * ``"none"``: every step's activations are stored; memory grows with steps.
+    * ``"step"``: each step is wrapped in ``jax.checkpoint``; the backward pass recomputes a
+      step's activations and stores only the parameters entering each step, so memory
+      grows by one parameter copy per step.
+    * ``"rollout"``: only the initial parameters are stored. A custom VJP walks the steps
+      backwards and recomputes the parameters entering step ``t`` from the start, so memory
+      does not grow with the number of steps, at ``T (T - 1) / 2`` extra inner steps of
+      compute. The inner-loss trace is then a metric without gradient.
     With ``fixed_lr`` (a fixed inner rate) the rate is a Python constant that XLA folds,
     rather than ``exp`` of a frozen meta-parameter.
 
@@ -105,6 +115,18 @@ def make_adapt(learners: tuple[Learner, ...], loss_fn: LossFn, inner_rate: str, 
         adapted = jax.tree_util.tree_map(lambda p, g, r: p - r * g, adapted, grads, rates)
         return merge(adapted, frozen), loss
 
+    def adapted_step(adapted, constants, support, step):
+        # Only the adapted leaves are carried through the rollout; the frozen ones enter as
+        # constants. (Carried frozen leaves would leave the custom VJP unbatched under vmap,
+        # and their cotangents would then be summed over tasks twice.)
+        log_rates, frozen = constants
+        new_adapted, losses = [], []
+        for learner, a, f, r in zip(learners, adapted, frozen, log_rates):
+            params, loss = step_learner(learner, merge(a, f), r, step, support)
+            new_adapted.append(partition(params, learner.adapt_mask)[0])
+            losses.append(loss)
+        return tuple(new_adapted), jnp.stack(losses)
+
     def adapt(learner_params, log_rates, support: Batch, num_steps: int, observe=None):
         def body(params, step):
             observed = observe(params) if observe is not None else None
@@ -115,7 +137,12 @@ def make_adapt(learners: tuple[Learner, ...], loss_fn: LossFn, inner_rate: str, 
                 trace["observed"] = observed
             return new_params, trace
 
-        if remat:
+        if remat == "rollout" and observe is None:
+            parts = [partition(p, l.adapt_mask) for l, p in zip(learners, learner_params)]
+            frozen = tuple(f for _, f in parts)
+            adapted, trace = _rollout(adapted_step, tuple(a for a, _ in parts), (log_rates, frozen), support, num_steps)
+            return tuple(merge(a, f) for a, f in zip(adapted, frozen)), trace
+        if remat == "step":
             body = jax.checkpoint(body, prevent_cse=False)
         # The first step is peeled off the scan: under vmap the initial weights are shared by
         # all tasks, so its forward and backward passes are single large matmuls; inside the
@@ -129,3 +156,43 @@ def make_adapt(learners: tuple[Learner, ...], loss_fn: LossFn, inner_rate: str, 
         return params, jax.tree_util.tree_map(lambda *parts: jnp.concatenate(parts), *traces)
 
     return adapt
+
+
+def _rollout(step_fn: Callable, params: Any, constants: Any, support: Batch, num_steps: int):
+    """``num_steps`` of ``step_fn`` whose VJP stores only the initial parameters.
+
+    ``step_fn(params, constants, support, step) -> (params, losses)``; ``constants`` (the
+    inner rates and frozen parameters) get cotangents too. The backward pass
+    recomputes the parameters entering each step from ``params`` (a ``fori_loop``, which
+    stores nothing) and pulls the cotangent back through that one step.
+    """
+
+    def run(start, rates, data, stop):
+        return jax.lax.fori_loop(0, stop, lambda t, p: step_fn(p, rates, data, t)[0], start)
+
+    @jax.custom_vjp
+    def rollout(start, rates, data):
+        return jax.lax.scan(lambda p, t: step_fn(p, rates, data, t), start, jnp.arange(num_steps))
+
+    def forward(start, rates, data):
+        return rollout(start, rates, data), (start, rates, data)
+
+    def backward(residuals, cotangents):
+        start, rates, data = residuals
+        params_cotangent, _ = cotangents  # the losses are a metric: their cotangent is dropped
+
+        def back_one(i, carry):
+            params_cotangent, rates_cotangent = carry
+            step = num_steps - 1 - i
+            entering = run(start, rates, data, step)
+            _, pull_back = jax.vjp(lambda p, r: step_fn(p, r, data, step)[0], entering, rates)
+            params_cotangent, step_rates_cotangent = pull_back(params_cotangent)
+            return params_cotangent, jax.tree_util.tree_map(jnp.add, rates_cotangent, step_rates_cotangent)
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, rates)
+        params_cotangent, rates_cotangent = jax.lax.fori_loop(0, num_steps, back_one, (params_cotangent, zeros))
+        return params_cotangent, rates_cotangent, None
+
+    rollout.defvjp(forward, backward)
+    params, losses = rollout(params, constants, support)
+    return params, {"inner/loss": jax.lax.stop_gradient(losses)}

@@ -18,7 +18,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jmeta.inner import RATE_KINDS, init_log_rate, make_adapt
+from jmeta.inner import RATE_KINDS, REMAT_KINDS, init_log_rate, make_adapt
 from jmeta.losses import LOSSES, get_loss
 from jmeta.models import Learner, head_mask
 from jmeta.strategy import ACTIVATIONS, combine_outputs
@@ -49,7 +49,9 @@ class MetaLearnerConfig:
       adapt: ``"all"`` or ``"head"`` (ANIL: only the ``head`` submodule adapts).
       loss: ``"mse"`` or ``"ce"``, used in both loops.
       activation: ``"softmax"`` or ``"sigmoid"`` for the learning strategy.
-      remat: wrap each inner step in ``jax.checkpoint``.
+      remat: ``"none"``, ``"step"`` (``jax.checkpoint`` on each inner step) or
+        ``"rollout"`` (memory constant in the number of steps, quadratic recompute); see
+        ``jmeta.inner.make_adapt``.
       freeze: path prefixes of meta-parameters the outer loop leaves alone, e.g.
         ``("strategy",)``, ``("learners/0",)``, ``("inner_lr",)``. A fixed inner rate and
         the strategy of a single learner are always frozen.
@@ -62,7 +64,7 @@ class MetaLearnerConfig:
     adapt: str = "all"
     loss: str = "mse"
     activation: str = "softmax"
-    remat: bool = False
+    remat: str = "none"
     freeze: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -71,6 +73,7 @@ class MetaLearnerConfig:
         check_choice("inner_rate", self.inner_rate, RATE_KINDS)
         check_choice("meta_gradient", self.meta_gradient, META_GRADIENTS)
         check_choice("adapt", self.adapt, ("all", "head"))
+        check_choice("remat", self.remat, REMAT_KINDS)
         check_choice("loss", self.loss, LOSSES)
         check_choice("activation", self.activation, ACTIVATIONS)
         if isinstance(self.freeze, str):

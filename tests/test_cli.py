@@ -21,6 +21,7 @@ def test_list_shows_the_experiments(capsys):
     assert "sinusoid: Sinusoid regression" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_command_line_from_another_directory(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "jmeta", "run", "sinusoid", "--out", str(out), "--no-progress", *TINY]
@@ -49,6 +50,7 @@ def test_bad_command_lines_exit_2_with_a_message(tmp_path, capsys):
     assert main(["run", "--resume", str(tmp_path / "nothing")]) == 2
 
 
+@pytest.mark.slow
 def test_resumed_experiment_ends_with_the_results_of_an_uninterrupted_one(tmp_path, monkeypatch):
     reference = run_experiment("sinusoid", str(tmp_path / "reference"), TINY, progress=False)
 
@@ -80,3 +82,17 @@ def test_resumed_experiment_ends_with_the_results_of_an_uninterrupted_one(tmp_pa
 
     assert resumed == reference
     assert (tmp_path / "resumed" / "metrics.jsonl").read_text() == (tmp_path / "reference" / "metrics.jsonl").read_text()
+
+
+def test_core_benchmark_writes_json_and_a_table(tmp_path):
+    overrides = ["meta_batches=4", "baseline_meta_batch=8", "min_seconds=0.05", "tasks_per_call=64",
+                 "memory_steps=1,3", "memory_meta_batch=4", "torch_baseline=false"]
+    results = run_experiment("bench-core", str(tmp_path / "bench"), overrides, progress=False)
+    written = json.loads((tmp_path / "bench" / "bench_core.json").read_text())
+    assert written["ratios"] == results["ratios"]
+    assert {(r["algorithm"], r["meta_batch"]) for r in written["throughput"]} == {
+        (a, b) for a in ("maml", "metasgd") for b in (4, 8)}
+    assert all(r["step_compiles"] == 1 and r["tasks_per_second"] > 0 for r in written["throughput"])
+    memory = {(r["remat"], r["inner_steps"]): r["temp_bytes"] for r in written["memory"]}
+    assert memory[("none", 3)] > memory[("none", 1)]
+    assert "remat" in (tmp_path / "bench" / "bench_core.md").read_text()

@@ -59,3 +59,13 @@ def test_every_trainable_meta_parameter_gets_a_nonzero_gradient():
     for grad, is_trainable in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(trainable)):
         assert is_trainable
         assert float(jnp.abs(grad).max()) > 0
+
+
+@pytest.mark.parametrize("algorithm", ["lslr", "anil"])
+def test_rollout_meta_gradient_matches_finite_differences(x64, algorithm):
+    config = jmeta.algorithm_config(algorithm, num_inner_steps=3, inner_lr=0.05, remat="rollout")
+    meta_learner = jmeta.make_meta_learner(small_mlp(dtype=jnp.float64), config)
+    tasks = sinusoid_tasks(dtype=jnp.float64)
+    meta_params = meta_learner.init()
+    check_grads(lambda m: meta_learner.meta_loss(m, tasks)[0], (meta_params,), order=1, modes=["rev"],
+                eps=1e-6, atol=1e-5, rtol=1e-5)
