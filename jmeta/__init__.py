@@ -17,8 +17,12 @@ from jmeta.outer import MetaStep
 from jmeta.outer import default_optimizer
 from jmeta.outer import make_meta_step
 from jmeta.strategy import strategy_weights
+from jmeta.super_learner import SuperLearnerClassifier
+from jmeta.super_learner import SuperLearnerRegressor
+from jmeta.supervised import SupervisedMetaLearner
 from jmeta.tasks import Batch
 from jmeta.tasks import Task
+from jmeta.tasks import make_linear_sampler
 from jmeta.tasks import make_sinusoid_sampler
 from jmeta.tasks import sample_tasks
 from jmeta.tasks import validate_tasks

@@ -1,0 +1,54 @@
+"""Super Learner against single learners and scikit-learn's Stacking on bundled data sets.
+
+Command:  jmeta run supervised-benchmarks
+Runtime:  about 3 minutes on a 2-core laptop CPU.
+Expected: breast cancer, wine, digits and iris (accuracy) and diabetes (R^2): the learned
+          strategy (softmax or sigmoid) within a standard error of scikit-learn's
+          StackingClassifier / StackingRegressor and at or above the best single learner
+          chosen by cross-validation on most data sets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from sklearn import datasets
+from tqdm.auto import tqdm
+
+from jmeta.runs import RunDir
+from jmeta.super_learner import default_classifiers, default_regressors
+from jmeta.experiments._supervised_common import comparison_table, repeated_comparison
+
+DATASETS = {"breast_cancer": (datasets.load_breast_cancer, True), "wine": (datasets.load_wine, True),
+            "digits": (datasets.load_digits, True), "iris": (datasets.load_iris, True),
+            "diabetes": (datasets.load_diabetes, False)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    datasets: tuple[str, ...] = tuple(DATASETS)
+    n_repeats: int = 5
+    n_folds: int = 5
+    seed: int = 0
+
+
+def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+    unknown = [d for d in config.datasets if d not in DATASETS]
+    if unknown:
+        raise ValueError(f"unknown datasets {unknown}; expected some of {', '.join(DATASETS)}")
+    results, tables = {}, []
+    with tqdm(total=config.n_repeats * len(config.datasets), desc="splits", disable=not progress, leave=False) as bar:
+        for name in config.datasets:
+            load, classify = DATASETS[name]
+            X, y = load(return_X_y=True)
+            learners = default_classifiers(config.seed) if classify else default_regressors(config.seed)
+            results[name] = run.stage(f"{name}", lambda: repeated_comparison(
+                X, y, learners, classify=classify, n_repeats=config.n_repeats, n_folds=config.n_folds,
+                seed=config.seed, activations=("softmax", "sigmoid"), progress=bar))
+            tables.append(comparison_table(f"{name} ({X.shape[0]} rows, {X.shape[1]} features)", results[name],
+                                           "test accuracy" if classify else "test R²"))
+    table = "\n".join(tables)
+    with open(run.file("table.md"), "w") as f:
+        f.write(table)
+    print("\n" + table)
+    return results
