@@ -59,7 +59,7 @@ class Config:
     memory_steps: tuple[int, ...] = (1, 5, 20)
     memory_meta_batch: int = 1024
     torch_baseline: bool = True
-    torch_tasks: int = 1024
+    torch_tasks: int = 3072
     seed: int = 0
 
 
