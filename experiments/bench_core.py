@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from jmeta import algorithms
+from jmeta.checkpoint import atomic_write_json
 from jmeta.inner import REMAT_KINDS
 from jmeta.losses import mse
 from jmeta.models import mlp_learner
@@ -242,8 +243,6 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
                                     "ms per meta-gradient"], memory_rows)
     table += "\n" + "\n".join(f"- {name}: {value:.2f}" for name, value in {**ratios, **{
         f"memory {last}/{first} steps, {k}": v for k, v in memory_ratio.items()}}.items()) + "\n"
-    from jmeta.checkpoint import atomic_write_json
-
     atomic_write_json(run.file("bench_core.json"), results)
     with open(run.file("bench_core.md"), "w") as f:
         f.write(table)

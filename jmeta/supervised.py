@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from jmeta.models import Learner
 from jmeta.objective import MetaLearnerConfig, make_meta_learner
@@ -46,7 +45,7 @@ class SupervisedMetaLearner:
       lr: learning rate of ``"adam"`` / ``"sgd"``.
       num_inner_steps, inner_lr: inner steps and initial meta learning rate (``train``).
       seed: seeds the folds and default learners.
-      verbose: print the summary (and a progress bar for ``train``).
+      verbose: print the summary after fitting or training.
     """
 
     def __init__(self, base_learners: Sequence[Any], *, activation: str = "softmax", loss: str = "ce",
@@ -130,10 +129,10 @@ class SupervisedMetaLearner:
 
         optimizer = make_optimizer(self.optimizer, self.lr if lr is None else lr)
         objective = lambda meta_params: meta_learner.meta_loss(frozen_where(meta_params, trainable), tasks)[0]
+        # All epochs run inside one jitted scan (no per-epoch Python work), so there is no
+        # progress to report until it returns.
         run = jax.jit(lambda p: minimise(objective, p, optimizer, epochs, record=test_metric))
-        with tqdm(total=epochs, desc="meta-training", disable=not self.verbose, leave=False) as bar:
-            meta_params, losses, per_task = run(start)
-            bar.update(epochs)
+        meta_params, losses, per_task = run(start)
         losses = np.asarray(losses)
         if not np.all(np.isfinite(losses)):
             epoch = int(np.argmin(np.isfinite(losses)))

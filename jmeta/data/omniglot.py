@@ -1,0 +1,194 @@
+"""Omniglot (Lake et al. 2015) from the official zips, and the one-shot challenge runs.
+
+The official archives hold ``alphabet/characterNN/*.png``: 105x105 binary drawings, 20
+per character, usually under a top folder such as ``images_background/``. They are read
+straight from the zip (or from an extracted folder), resized by area averaging and
+inverted so that strokes are 1.0 on a 0.0 background. The result is cached as
+``<archive>.<size>px.npz`` beside the data when that folder is writable.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from jmeta.checkpoint import atomic_write_bytes
+from jmeta.data.archives import download, open_zip, read_member
+from jmeta.validation import check_positive_int
+
+OFFICIAL_URL = "https://github.com/brendenlake/omniglot/raw/master/python/{name}.zip"
+OFFICIAL_MD5 = {"images_background": "68d2efa1b9178cc56df9314c21c6e718",
+                "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811"}
+
+
+class ClassImages(NamedTuple):
+    """Images indexed by class: ``images`` is ``(classes, examples, H, W, 1)`` float32.
+
+    ``class_names`` are ``"alphabet/character"``; ``groups`` gives each class's alphabet
+    as an index into ``group_names``.
+    """
+
+    images: np.ndarray
+    class_names: tuple
+    groups: np.ndarray
+    group_names: tuple
+
+
+def download_omniglot(directory: str | os.PathLike, name: str = "images_background") -> str:
+    """Downloads an official Omniglot zip into ``directory`` (MD5-checked); returns its path."""
+    if name not in OFFICIAL_MD5:
+        raise ValueError(f"unknown Omniglot archive {name!r}; expected one of {', '.join(OFFICIAL_MD5)}")
+    return download(OFFICIAL_URL.format(name=name), os.path.join(os.fspath(directory), f"{name}.zip"),
+                    OFFICIAL_MD5[name])
+
+
+def decode_image(data: bytes, image_size: int) -> np.ndarray:
+    """A PNG drawing as ``(size, size, 1)`` float32 with strokes 1.0 and background 0.0."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        gray = image.convert("L")
+        if gray.size != (image_size, image_size):
+            gray = gray.resize((image_size, image_size), Image.Resampling.BOX)
+        return (1.0 - np.asarray(gray, np.float32) / 255.0)[..., None]
+
+
+def _png_names(path: str) -> list[str]:
+    """Relative names of every PNG in a zip archive or folder."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no Omniglot archive or folder at {path}")
+    return [name for name in _list_names(path) if name.lower().endswith(".png")]
+
+
+def _read_all(path: str, names: list[str]) -> dict[str, bytes]:
+    """All the named members in one pass over the archive (or folder)."""
+    if os.path.isdir(path):
+        return {name: open(os.path.join(path, name), "rb").read() for name in names}
+    with open_zip(path) as archive:
+        return {name: read_member(archive, name) for name in names}
+
+
+def load_omniglot(path: str | os.PathLike, image_size: int = 28, cache: bool = True) -> ClassImages:
+    """Reads one Omniglot background or evaluation set.
+
+    Args:
+      path: an official zip (``images_background.zip``, ``images_evaluation.zip`` or a
+        subset in the same layout) or the folder it extracts to.
+      image_size: side of the resized square images.
+      cache: read and write ``<path>.<size>px.npz`` beside the data.
+
+    Raises ``ValueError`` for a corrupt archive, an unsafe member name, a layout that is
+    not ``alphabet/character/*.png`` or characters with different numbers of drawings.
+    """
+    path = os.fspath(path)
+    image_size = check_positive_int("image_size", image_size)
+    cache_path = f"{path.rstrip(os.sep)}.{image_size}px.npz"
+    if cache and os.path.exists(cache_path) and os.path.getmtime(cache_path) >= os.path.getmtime(path):
+        with np.load(cache_path, allow_pickle=False) as stored:
+            return ClassImages(stored["images"], tuple(stored["class_names"].tolist()), stored["groups"],
+                               tuple(stored["group_names"].tolist()))
+    by_character: dict[tuple[str, str], list[str]] = {}
+    for name in _png_names(path):
+        parts = name.split("/")
+        if len(parts) < 3:
+            raise ValueError(f"{path}: {name!r} is not in the alphabet/character/drawing.png layout")
+        by_character.setdefault((parts[-3], parts[-2]), []).append(name)
+    if not by_character:
+        raise ValueError(f"{path} holds no PNG drawings")
+    counts = {len(names) for names in by_character.values()}
+    if len(counts) != 1:
+        fewest = min(by_character, key=lambda c: len(by_character[c]))
+        raise ValueError(f"{path}: characters have different numbers of drawings {sorted(counts)}; "
+                         f"{'/'.join(fewest)} has {len(by_character[fewest])}")
+    characters = sorted(by_character)
+    contents = _read_all(path, [n for c in characters for n in sorted(by_character[c])])
+    images = np.stack([np.stack([decode_image(contents[n], image_size) for n in sorted(by_character[c])])
+                       for c in characters])
+    group_names = tuple(sorted({alphabet for alphabet, _ in characters}))
+    result = ClassImages(images, tuple(f"{a}/{c}" for a, c in characters),
+                         np.array([group_names.index(a) for a, _ in characters], np.int32), group_names)
+    if cache:
+        _write_cache(cache_path, result)
+    return result
+
+
+def _write_cache(cache_path: str, data: ClassImages) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=data.images, class_names=np.array(data.class_names),
+                        groups=data.groups, group_names=np.array(data.group_names))
+    try:
+        atomic_write_bytes(cache_path, buffer.getvalue())
+    except OSError as error:
+        warnings.warn(f"could not write the Omniglot cache {cache_path} ({error}); reading from the archive each time")
+
+
+def concatenate(sets: Sequence[ClassImages]) -> ClassImages:
+    """Several sets as one; a character present in more than one set is kept once."""
+    seen, images, names, group_names, groups = set(), [], [], [], []
+    for data in sets:
+        for index, name in enumerate(data.class_names):
+            if name in seen:
+                continue
+            seen.add(name)
+            alphabet = data.group_names[data.groups[index]]
+            if alphabet not in group_names:
+                group_names.append(alphabet)
+            images.append(data.images[index])
+            names.append(name)
+            groups.append(group_names.index(alphabet))
+    return ClassImages(np.stack(images), tuple(names), np.array(groups, np.int32), tuple(group_names))
+
+
+class OneShotRun(NamedTuple):
+    """One run of the one-shot challenge: 20 training images (one per class), 20 test
+    images, and for each test image the index of its training class."""
+
+    name: str
+    training: np.ndarray
+    test: np.ndarray
+    answers: np.ndarray
+
+
+def load_oneshot_runs(path: str | os.PathLike, image_size: int = 28) -> list[OneShotRun]:
+    """Reads the runs of Lake et al.'s one-shot classification challenge.
+
+    ``path`` is a zip or folder holding ``runNN/training/classNN.png``,
+    ``runNN/test/itemNN.png`` and ``runNN/class_labels.txt`` whose lines read
+    ``runNN/test/itemNN.png runNN/training/classNN.png`` (possibly under a top folder).
+    """
+    path = os.fspath(path)
+    image_size = check_positive_int("image_size", image_size)
+    files = _png_names(path)
+    label_files = [n for n in _list_names(path) if n.endswith("class_labels.txt")]
+    if not label_files:
+        raise ValueError(f"{path} holds no runNN/class_labels.txt: not the one-shot runs format")
+    contents = _read_all(path, files + label_files)
+    runs = []
+    for label_file in sorted(label_files):
+        prefix = label_file[: -len("class_labels.txt")]
+        run_name = prefix.rstrip("/").split("/")[-1]
+        root = prefix[: -len(run_name) - 1] if prefix.endswith(run_name + "/") else ""
+        training = sorted(n for n in files if n.startswith(prefix + "training/"))
+        test = sorted(n for n in files if n.startswith(prefix + "test/"))
+        pairs = [line.split() for line in contents[label_file].decode().splitlines() if line.strip()]
+        if any(len(pair) != 2 for pair in pairs) or len(pairs) != len(test):
+            raise ValueError(f"{label_file}: expected {len(test)} lines 'runNN/test/item.png runNN/training/class.png'")
+        answer_of = {root + item: training.index(root + cls) for item, cls in pairs if root + cls in training}
+        if len(answer_of) != len(test):
+            raise ValueError(f"{label_file} names images that are not in {path}")
+        runs.append(OneShotRun(run_name,
+                               np.stack([decode_image(contents[n], image_size) for n in training]),
+                               np.stack([decode_image(contents[n], image_size) for n in test]),
+                               np.array([answer_of[n] for n in test], np.int32)))
+    return runs
+
+
+def _list_names(path: str) -> list[str]:
+    if os.path.isdir(path):
+        return [os.path.relpath(os.path.join(r, n), path).replace(os.sep, "/") for r, _, ns in os.walk(path) for n in ns]
+    with open_zip(path) as archive:
+        return archive.namelist()
