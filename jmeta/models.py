@@ -96,3 +96,61 @@ def linear_learner(key: jax.Array, in_features: int = 1, out_features: int = 1, 
     """A linear base learner."""
     module = Linear(check_positive_int("out_features", out_features))
     return make_learner(name, module, key, jnp.zeros((1, check_positive_int("in_features", in_features)), jnp.float32))
+
+
+class TaskBatchNorm(nn.Module):
+    """Batch norm that always normalises with the statistics of the batch it is given.
+
+    Inside an inner loop the batch is one task's support (or query) set, as in the
+    reference MAML, so no running averages exist to carry across tasks; the learned scale
+    and bias are ordinary parameters that adapt like any other.
+    """
+
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+        bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+        axes = tuple(range(x.ndim - 1))
+        mean = jnp.mean(x, axis=axes, keepdims=True)
+        variance = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+        shape = (1,) * (x.ndim - 1) + (-1,)
+        return (x - mean) * jax.lax.rsqrt(variance + self.epsilon) * scale.reshape(shape) + bias.reshape(shape)
+
+
+class Conv4(nn.Module):
+    """The conv4 of MAML and prototypical networks.
+
+    Four blocks of 3x3 convolution (``filters`` channels), batch norm with batch
+    statistics, ReLU and 2x2 max-pooling — or, with ``strided``, stride-2 convolutions
+    and a final spatial mean instead of pooling, as MAML's Omniglot network (on XLA:CPU
+    the max-pool gradient makes the pooled form about 5x slower to train). Then a linear ``head`` with ``ways``
+    outputs, or with ``ways=0`` the flattened embedding (prototypical networks).
+    """
+
+    ways: int = 5
+    filters: int = 64
+    strided: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for block in range(4):
+            x = nn.Conv(self.filters, (3, 3), strides=2 if self.strided else 1, padding="SAME",
+                        name=f"conv_{block}")(x)
+            x = nn.relu(TaskBatchNorm(name=f"norm_{block}")(x))
+            if not self.strided:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        # Strided blocks leave 2x2 maps at 28x28 input; like MAML's Omniglot network they are
+        # averaged, so both variants embed into ``filters`` features.
+        x = jnp.mean(x, axis=(1, 2)) if self.strided else x.reshape((x.shape[0], -1))
+        return nn.Dense(self.ways, name="head")(x) if self.ways else x
+
+
+def conv4_learner(key: jax.Array, image_shape: Sequence[int] = (28, 28, 1), ways: int = 5, filters: int = 64,
+                  *, strided: bool = False, adapt: str = "all", name: str = "conv4") -> Learner:
+    """Conv4 as a base learner; ``ways=0`` gives the embedding network of prototypical networks."""
+    if ways != 0:
+        check_positive_int("ways", ways)
+    module = Conv4(ways, check_positive_int("filters", filters), strided)
+    return make_learner(name, module, key, jnp.zeros((2, *image_shape), jnp.float32), adapt=adapt)

@@ -1,0 +1,71 @@
+"""Prototypical networks (Snell et al. 2017) as a meta-learner of the core.
+
+Adaptation is closed-form: the "adapted parameters" of a task are its class prototypes,
+the mean embedding of each class's support examples, and a query's logits are minus its
+squared Euclidean distances to them. Written as a ``MetaLearner`` it trains with the same
+``make_meta_step`` and scores with the same ``evaluate`` as MAML; ``evaluate`` returns one
+column (no inner steps).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jmeta.losses import cross_entropy
+from jmeta.models import Learner
+from jmeta.objective import MetaLearner, MetaLearnerConfig, MetaParams, _over_tasks
+from jmeta.tasks.base import Task, validate_tasks
+from jmeta.validation import check_positive_int
+
+
+def prototypes(embeddings: jax.Array, labels: jax.Array, ways: int) -> jax.Array:
+    """Mean embedding of each class ``0..ways-1``: ``(ways, features)``."""
+    one_hot = jax.nn.one_hot(labels, ways, dtype=embeddings.dtype)
+    return (one_hot.T @ embeddings) / jnp.sum(one_hot, axis=0)[:, None]
+
+
+def prototype_logits(query_embeddings: jax.Array, class_prototypes: jax.Array) -> jax.Array:
+    """Minus the squared Euclidean distance of each query to each prototype: ``(queries, ways)``."""
+    differences = query_embeddings[:, None, :] - class_prototypes[None, :, :]
+    return -jnp.sum(jnp.square(differences), axis=-1)
+
+
+def make_protonet(embedding: Learner, ways: int) -> MetaLearner:
+    """A prototypical network over ``embedding`` (e.g. ``conv4_learner(key, ways=0)``)."""
+    ways = check_positive_int("ways", ways)
+    config = MetaLearnerConfig(loss="ce")
+
+    def init() -> MetaParams:
+        return MetaParams((embedding.params,), (jnp.zeros(()),), jnp.zeros((1,)))
+
+    def trainable(meta_params):
+        return MetaParams(jax.tree_util.tree_map(lambda _: True, meta_params.learners), (False,), False)
+
+    def adapt(meta_params, support, num_steps=None):
+        features = embedding.apply_fn(meta_params.learners[0], support.x)
+        return prototypes(features, support.y, ways), {}
+
+    def predict(meta_params, class_prototypes, x):
+        return prototype_logits(embedding.apply_fn(meta_params.learners[0], x), class_prototypes)
+
+    def task_loss(meta_params, task: Task):
+        logits = predict(meta_params, adapt(meta_params, task.support)[0], task.query.x)
+        loss = cross_entropy(logits, task.query.y)
+        return loss, {"post/loss": loss, "post/accuracy": jnp.mean(jnp.argmax(logits, -1) == task.query.y)}
+
+    def meta_loss(meta_params, tasks: Task):
+        validate_tasks(tasks)
+        losses, metrics = _over_tasks(task_loss)(meta_params, tasks)
+        return losses.mean(), jax.tree_util.tree_map(jnp.mean, metrics)
+
+    def meta_grad(meta_params, tasks: Task):
+        (_, metrics), grads = jax.value_and_grad(meta_loss, has_aux=True)(meta_params, tasks)
+        return grads, metrics
+
+    def evaluate(meta_params, tasks: Task, num_steps: int = 0):
+        validate_tasks(tasks)
+        _, metrics = _over_tasks(task_loss)(meta_params, tasks)
+        return {"loss": metrics["post/loss"][:, None], "accuracy": metrics["post/accuracy"][:, None]}
+
+    return MetaLearner(config, (embedding,), init, trainable, adapt, predict, task_loss, meta_loss, meta_grad, evaluate)
