@@ -192,3 +192,48 @@ def _list_names(path: str) -> list[str]:
         return [os.path.relpath(os.path.join(r, n), path).replace(os.sep, "/") for r, _, ns in os.walk(path) for n in ns]
     with open_zip(path) as archive:
         return archive.namelist()
+
+
+def write_oneshot_runs(background: str | os.PathLike, destination: str | os.PathLike, *, alphabets=None,
+                       num_runs: int = 20, ways: int = 20, seed: int = 0) -> str:
+    """Writes one-shot runs in the challenge's format from an Omniglot zip or folder.
+
+    Each run takes ``ways`` characters of one alphabet (the eligible alphabets in turn),
+    one drawing of each as ``training/classNN.png`` and a drawing by another drawer as
+    ``test/itemNN.png`` in a shuffled order, and ``class_labels.txt`` lines
+    ``runNN/test/itemNN.png runNN/training/classNN.png``.
+
+    Args:
+      background: the set to draw from; ``alphabets`` limits it (say to alphabets a model
+        never saw), otherwise every alphabet with at least ``ways`` characters is used.
+    """
+    import zipfile
+
+    background = os.fspath(background)
+    rng = np.random.default_rng(seed)
+    characters: dict[str, dict[str, list[str]]] = {}
+    for name in _png_names(background):
+        alphabet, character = name.split("/")[-3:-1]
+        characters.setdefault(alphabet, {}).setdefault(character, []).append(name)
+    eligible = sorted(a for a, chars in characters.items()
+                      if len(chars) >= ways and (alphabets is None or a in alphabets))
+    if not eligible:
+        raise ValueError(f"no alphabet of {background} has {ways} characters"
+                         f"{'' if alphabets is None else f' among {sorted(alphabets)}'}")
+    drawings = _read_all(background, [n for a in eligible for c in characters[a].values() for n in c])
+    with zipfile.ZipFile(destination, "w") as out:
+        for run in range(1, check_positive_int("num_runs", num_runs) + 1):
+            alphabet = eligible[(run - 1) % len(eligible)]
+            chosen = rng.choice(sorted(characters[alphabet]), ways, replace=False)
+            order = rng.permutation(ways)
+            lines = []
+            for index, character in enumerate(chosen):
+                names = sorted(characters[alphabet][character])
+                first, second = rng.choice(len(names), 2, replace=False)
+                class_name = f"run{run:02d}/training/class{index + 1:02d}.png"
+                item_name = f"run{run:02d}/test/item{order[index] + 1:02d}.png"
+                out.writestr(class_name, drawings[names[first]])
+                out.writestr(item_name, drawings[names[second]])
+                lines.append((item_name, class_name))
+            out.writestr(f"run{run:02d}/class_labels.txt", "".join(f"{i} {c}\n" for i, c in sorted(lines)))
+    return os.fspath(destination)

@@ -1,0 +1,46 @@
+"""The Omniglot experiments at a tiny size, on the real background sets and a runs fixture."""
+
+import json
+import pathlib
+
+import numpy as np
+
+from jmeta.cli import run_experiment
+from jmeta.data import load_oneshot_runs
+from jmeta.experiments.omniglot_runs import modified_hausdorff
+from tests.omniglot_fixture import build_runs_zip
+from tests.test_omniglot import SMALL1, SMALL2
+
+TINY = ["filters=8", "num_steps=20", "log_every=10", "checkpoint_every=10"]
+
+
+def test_modified_hausdorff_against_a_hand_computation():
+    a = np.array([[0.0, 0.0], [0.0, 2.0]])
+    b = np.array([[0.0, 1.0]])
+    # from a: nearest distances 1 and 1 (mean 1); from b: nearest distance 1 (mean 1)
+    assert modified_hausdorff(a, b) == 1.0
+    assert modified_hausdorff(a, a) == 0.0
+
+
+def test_omniglot_and_runs_experiments_tiny(tmp_path):
+    results = run_experiment("omniglot", str(tmp_path / "omniglot"), TINY + ["eval_tasks=20", "plot_episodes=1",
+                             f"background={SMALL1}", f"evaluation={SMALL2}"], progress=False)
+    assert set(results["test_alphabets"]) == {"Japanese_(katakana)", "Sanskrit", "Tagalog"}
+    accuracy = results["accuracy"]
+    assert set(accuracy) == {"protonet/5-way 1-shot", "protonet/5-way 5-shot", "protonet/20-way 1-shot",
+                             "protonet/20-way 5-shot", "protonet/20-way 1-shot within alphabet"}
+    assert accuracy["protonet/5-way 5-shot"]["mean"] > 0.3  # chance is 0.2
+    assert (tmp_path / "omniglot" / "episodes.png").stat().st_size > 0
+
+    runs_zip = build_runs_zip(SMALL2, tmp_path / "runs.zip", alphabets=("Japanese_(katakana)", "Sanskrit"))
+    assert len(load_oneshot_runs(runs_zip)) == 20
+    reused = run_experiment("omniglot-runs", str(tmp_path / "runs"), TINY + [
+        f"runs={runs_zip}", f"checkpoint={tmp_path / 'omniglot'}"], progress=False)
+    errors = reused["error_rate"]
+    assert set(errors) == {"protonet", "nearest_neighbour", "hausdorff"}
+    assert all(len(v) == 20 and all(0 <= e <= 1 for e in v) for v in errors.values())
+    assert reused["mean_error_rate"]["protonet"] < 0.95  # chance is 0.95 (20 ways)
+    metrics = (tmp_path / "runs" / "metrics.jsonl").read_text()
+    assert "protonet-20way" not in metrics  # the checkpoint was used, nothing was retrained
+    table = (tmp_path / "runs" / "table.md").read_text()
+    assert "run20" in table and "**mean**" in table
