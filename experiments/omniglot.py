@@ -2,8 +2,8 @@
 
 Command:  jmeta run omniglot                       (prototypical networks)
           jmeta run omniglot methods=protonet,maml (adds MAML, one model per number of ways)
-Runtime:  about 6 minutes on a 2-core laptop CPU for prototypical networks with the
-          defaults; MAML adds about 10 minutes.
+Runtime:  about 5 minutes on a 2-core laptop CPU for prototypical networks with the
+          defaults; MAML (one model per number of ways) adds much more on CPU.
 Expected: accuracy (mean ± 95% CI over 600 tasks) on the characters of the alphabets of
           ``images_background_small2`` that are not in ``images_background_small1``:
           5-way and 20-way, 1- and 5-shot, and within-alphabet 20-way 1-shot (harder: the

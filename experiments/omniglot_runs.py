@@ -3,7 +3,7 @@
 Command:  jmeta run omniglot-runs runs=PATH [background=PATH[,PATH]] [checkpoint=DIR]
           [methods=protonet,nearest_neighbour,hausdorff]
 Runtime:  about 5 minutes on a 2-core laptop CPU (meta-training the prototypical network
-          on the background set); seconds with ``checkpoint=DIR``.
+          on the background set); about 20 seconds with ``checkpoint=DIR``.
 Expected: on the real 20 runs the modified Hausdorff distance errs on about 38.8% and
           nearest neighbour in pixel space on about 81%; people err on 4.5% and Bayesian
           program learning on 3.3% (with the full 30-alphabet background set). A
