@@ -7,7 +7,7 @@ happens in the optimizer, so frozen parts still get (unused) gradients and every
 differentiable for tests and analysis.
 
 The single-task loss is written first and vmapped over the task axis in one place,
-``_over_tasks``, with meta-parameters broadcast and tasks mapped.
+``over_tasks``, with meta-parameters broadcast and tasks mapped.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class MetaLearner(NamedTuple):
     evaluate: Callable
 
 
-def _over_tasks(fn: Callable) -> Callable:
+def over_tasks(fn: Callable) -> Callable:
     """The one vmap of the library: meta-parameters broadcast, tasks mapped."""
     return jax.vmap(fn, in_axes=(None, 0))
 
@@ -200,7 +200,7 @@ def make_meta_learner(learners: Learner | tuple[Learner, ...] | list[Learner],
 
     def meta_loss(meta_params: MetaParams, tasks: Task):
         validate_tasks(tasks)
-        losses, metrics = _over_tasks(task_loss)(meta_params, tasks)
+        losses, metrics = over_tasks(task_loss)(meta_params, tasks)
         return losses.mean(), jax.tree_util.tree_map(jnp.mean, metrics)
 
     def reptile_grad(meta_params: MetaParams, tasks: Task):
@@ -210,7 +210,7 @@ def make_meta_learner(learners: Learner | tuple[Learner, ...] | list[Learner],
             post = query_metrics(meta_params, adapted, task.query)
             return adapted, {"inner/loss_first": trace["inner/loss"][0].mean(), "post/loss": post["loss"]}
 
-        adapted, metrics = _over_tasks(task_direction)(meta_params, tasks)
+        adapted, metrics = over_tasks(task_direction)(meta_params, tasks)
         # Reptile moves the initialisation towards the adapted weights: init - mean(adapted)
         # plays the role of a gradient for the outer optimizer. Rates and strategy stay put.
         learner_grads = jax.tree_util.tree_map(lambda p, a: p - a.mean(axis=0), meta_params.learners, adapted)
@@ -233,6 +233,6 @@ def make_meta_learner(learners: Learner | tuple[Learner, ...] | list[Learner],
             return jax.tree_util.tree_map(lambda steps, last: jnp.concatenate([steps, last[None]]),
                                           trace["observed"], final)
 
-        return _over_tasks(task_trajectory)(meta_params, tasks)
+        return over_tasks(task_trajectory)(meta_params, tasks)
 
     return MetaLearner(config, learners, init, trainable, adapt, predict, task_loss, meta_loss, meta_grad, evaluate)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from jmeta.losses import cross_entropy
 from jmeta.models import Learner
-from jmeta.objective import MetaLearner, MetaLearnerConfig, MetaParams, _over_tasks
+from jmeta.objective import MetaLearner, MetaLearnerConfig, MetaParams, over_tasks
 from jmeta.tasks.base import Task, validate_tasks
 from jmeta.validation import check_positive_int
 
@@ -56,7 +56,7 @@ def make_protonet(embedding: Learner, ways: int) -> MetaLearner:
 
     def meta_loss(meta_params, tasks: Task):
         validate_tasks(tasks)
-        losses, metrics = _over_tasks(task_loss)(meta_params, tasks)
+        losses, metrics = over_tasks(task_loss)(meta_params, tasks)
         return losses.mean(), jax.tree_util.tree_map(jnp.mean, metrics)
 
     def meta_grad(meta_params, tasks: Task):
@@ -65,7 +65,7 @@ def make_protonet(embedding: Learner, ways: int) -> MetaLearner:
 
     def evaluate(meta_params, tasks: Task, num_steps: int = 0):
         validate_tasks(tasks)
-        _, metrics = _over_tasks(task_loss)(meta_params, tasks)
+        _, metrics = over_tasks(task_loss)(meta_params, tasks)
         return {"loss": metrics["post/loss"][:, None], "accuracy": metrics["post/accuracy"][:, None]}
 
     return MetaLearner(config, (embedding,), init, trainable, adapt, predict, task_loss, meta_loss, meta_grad, evaluate)
