@@ -152,5 +152,8 @@ def conv4_learner(key: jax.Array, image_shape: Sequence[int] = (28, 28, 1), ways
     """Conv4 as a base learner; ``ways=0`` gives the embedding network of prototypical networks."""
     if ways != 0:
         check_positive_int("ways", ways)
+    if not strided and min(image_shape[:2]) < 16:
+        raise ValueError(f"conv4 with max-pooling halves the image four times and needs at least 16x16 images, "
+                         f"got image_shape {tuple(image_shape)}; use strided=True or larger images")
     module = Conv4(ways, check_positive_int("filters", filters), strided)
     return make_learner(name, module, key, jnp.zeros((2, *image_shape), jnp.float32), adapt=adapt)

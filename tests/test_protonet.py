@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jmeta
 from jmeta.models import conv4_learner
@@ -30,6 +31,8 @@ def test_conv4_shapes():
         embedding = conv4_learner(jax.random.key(0), ways=0, filters=8, strided=strided)
         chex.assert_shape(embedding.apply_fn(embedding.params, images), (6, 8))  # 28 -> 1x1 after 4 halvings
     assert "head" in classifier.params and "norm_3" in classifier.params
+    with pytest.raises(ValueError, match="at least 16x16 images"):
+        conv4_learner(jax.random.key(0), (12, 12, 1))
 
 
 def _easy_images(classes=20, examples=8, seed=0):
@@ -62,3 +65,19 @@ def test_tiny_maml_classification_beats_chance():
     state = fit(meta_step, meta_step.init(maml.init()), jax.random.key(1), 40, log_every=10,
                 checkpoint_every=10, progress=False, scan=False)
     assert _accuracy(maml, state.meta_params, sampler, 2) > 0.5
+
+
+def test_fewshot_benchmark_writes_json(tmp_path):
+    import json
+
+    from jmeta.cli import run_experiment
+
+    overrides = ["ways=2", "queries=1", "meta_batch=2", "inner_steps=1", "image_size=16", "filters=4",
+                 "min_seconds=0.05", "matmul_size=64", "torch_baseline=false"]
+    results = run_experiment("bench-fewshot", str(tmp_path / "bench"), overrides, progress=False)
+    written = json.loads((tmp_path / "bench" / "bench_fewshot.json").read_text())
+    assert set(written["jmeta"]) == {"maml 1 step", "fomaml 1 step", "protonet"} == set(results["jmeta"])
+    for measured in written["jmeta"].values():
+        assert measured["meta_steps_per_second"] > 0 and measured["flops_per_step"] > 0
+        assert 0 < measured["fraction_of_matmul_peak"]
+    assert written["machine"]["matmul_flops_per_second"] > 0
