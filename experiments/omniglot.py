@@ -44,6 +44,7 @@ class Config:
     settings: tuple[str, ...] = ("5x1", "5x5", "20x1", "20x5")
     within_alphabet: bool = True
     image_size: int = 28
+    cache: bool = True
     filters: int = 64
     train_ways: int = 20
     train_shots: int = 5
@@ -150,8 +151,8 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     for method in config.methods:
         if method != "protonet":
             algorithms.algorithm_config(method)
-    background = load_omniglot(config.background, config.image_size)
-    evaluation = unseen_alphabets(background, load_omniglot(config.evaluation, config.image_size))
+    background = load_omniglot(config.background, config.image_size, config.cache)
+    evaluation = unseen_alphabets(background, load_omniglot(config.evaluation, config.image_size, config.cache))
     rows, results, first = [], {}, None
     for method in config.methods:
         ways_needed = sorted({w for w, _ in settings} | ({20} if config.within_alphabet else set()))

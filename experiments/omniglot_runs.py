@@ -44,6 +44,7 @@ class Config:
     checkpoint: str = ""
     methods: tuple[str, ...] = METHODS
     image_size: int = 28
+    cache: bool = True
     filters: int = 64
     train_ways: int = 20
     train_shots: int = 5
@@ -89,7 +90,7 @@ def _protonet(config: Config, run: RunDir, progress: bool):
             shutil.copyfile(source, run.checkpoint_path(stage))
     if not config.background:
         raise ValueError("background: give at least one Omniglot background zip or folder")
-    background = concatenate([load_omniglot(path, config.image_size) for path in config.background])
+    background = concatenate([load_omniglot(path, config.image_size, config.cache) for path in config.background])
     trained, meta_params = omniglot.train_model(settings, run, "protonet", config.train_ways, background, progress)
     return make_protonet(trained.learners[0], 20), meta_params
 

@@ -11,7 +11,8 @@ from jmeta.experiments.omniglot_runs import modified_hausdorff
 from tests.omniglot_fixture import build_runs_zip
 from tests.test_omniglot import SMALL1, SMALL2
 
-TINY = ["filters=8", "num_steps=20", "log_every=10", "checkpoint_every=10"]
+# cache=false: the tests must not write beside the shared data.
+TINY = ["filters=8", "num_steps=20", "log_every=10", "checkpoint_every=10", "cache=false"]
 
 
 def test_modified_hausdorff_against_a_hand_computation():
