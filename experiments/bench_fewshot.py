@@ -1,8 +1,9 @@
 """Benchmark of few-shot classification: conv4 MAML and prototypical networks (JSON + table).
 
 Command:  jmeta run bench-fewshot
-Runtime:  about 5 minutes on a 2-core laptop CPU (plus the PyTorch baseline when torch is
-          installed).
+Runtime:  about 11 minutes on a 2-core laptop CPU with ``inner_steps=1`` (a conv4 MAML
+          step took 142 s there); the default 1 and 5 inner steps take much longer until
+          the convolution path is made fast.
 Expected: meta-steps/s and tasks/s of conv4 MAML (5-way 1-shot, 15 queries, meta-batch
           32; 1 and 5 inner steps; second and first order) and of prototypical networks at
           the same episode shape; XLA's FLOP count per step and the fraction of this
