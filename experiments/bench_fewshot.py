@@ -1,9 +1,8 @@
 """Benchmark of few-shot classification: conv4 MAML and prototypical networks (JSON + table).
 
 Command:  jmeta run bench-fewshot
-Runtime:  about 11 minutes on a 2-core laptop CPU with ``inner_steps=1`` (a conv4 MAML
-          step took 142 s there); the default 1 and 5 inner steps take much longer until
-          the convolution path is made fast.
+Runtime:  about 3 minutes on a 2-core laptop CPU with ``inner_steps=1`` (a conv4 MAML step
+          took 10.9 s there); the default 1 and 5 inner steps take several times longer.
 Expected: meta-steps/s and tasks/s of conv4 MAML (5-way 1-shot, 15 queries, meta-batch
           32; 1 and 5 inner steps; second and first order) and of prototypical networks at
           the same episode shape; XLA's FLOP count per step and the fraction of this

@@ -81,3 +81,16 @@ def test_fewshot_benchmark_writes_json(tmp_path):
         assert measured["meta_steps_per_second"] > 0 and measured["flops_per_step"] > 0
         assert 0 < measured["fraction_of_matmul_peak"]
     assert written["machine"]["matmul_flops_per_second"] > 0
+
+
+def test_conv3x3_matches_flax_conv():
+    import flax.linen as nn
+
+    from jmeta.models import Conv3x3
+
+    x = jax.random.normal(jax.random.key(0), (2, 7, 9, 3))
+    for stride in (1, 2):
+        ours = Conv3x3(5, stride)
+        params = ours.init(jax.random.key(1), x)
+        reference = nn.Conv(5, (3, 3), strides=stride, padding="SAME")
+        np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)
