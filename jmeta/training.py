@@ -8,7 +8,6 @@ checkpoints fall on multiples of ``checkpoint_every`` (itself a multiple of
 
 from __future__ import annotations
 
-from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -1,7 +1,6 @@
 """The ``jmeta`` command and the sinusoid experiment at a tiny size."""
 
 import json
-import os
 import subprocess
 import sys
 

@@ -1,7 +1,5 @@
 """The Omniglot experiments at a tiny size, on the real background sets and a runs fixture."""
 
-import json
-import pathlib
 
 import numpy as np
 

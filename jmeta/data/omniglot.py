@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import pathlib
 import warnings
 from typing import NamedTuple, Sequence
 
@@ -67,7 +68,7 @@ def _png_names(path: str) -> list[str]:
 def _read_all(path: str, names: list[str]) -> dict[str, bytes]:
     """All the named members in one pass over the archive (or folder)."""
     if os.path.isdir(path):
-        return {name: open(os.path.join(path, name), "rb").read() for name in names}
+        return {name: pathlib.Path(path, name).read_bytes() for name in names}
     with open_zip(path) as archive:
         return {name: read_member(archive, name) for name in names}
 
