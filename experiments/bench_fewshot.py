@@ -36,6 +36,26 @@ from jmeta.stats import markdown_table
 from jmeta.tasks import make_episode_sampler
 
 
+# Alternatives measured on the 2-core development machine (AMD EPYC, jax 0.10.2, XLA:CPU;
+# 2026-11-26), conv4 MAML 1 inner step, 5-way 1-shot, 15 queries, meta-batch 32. Kept here
+# (and written into the JSON) because they decided the implementation; times move by
+# about 10% from run to run on this machine.
+NOTES = [
+    "lax.conv under vmap with per-task weights (grouped convolution on XLA:CPU): 142 s per step",
+    "nine shifted matmuls per 3x3 conv, autodiff VJP, nn.max_pool: 10.9 s per step, compile 25 s",
+    "im2col (one matmul), hand-written VJP whose input gradient is a convolution of the cotangent, "
+    "reshape max-pool, pooling before the batch-norm affine map: 4.9 s, compile 11 s",
+    "the same in chunks of tasks (lax.map of a vmap) with the gradient taken outside the map: 3.7 s "
+    "(the backward pass then holds every chunk's activations)",
+    "gradient taken inside the map, chunks of 1 / 2 / 4 tasks: 2.6 / 2.4 / 2.7 s (PyTorch loop 2.9-3.5 s)",
+    "rejected, slower in the step: channels-first layout (CNHW), input gradient as nine shifted matmuls "
+    "(+0.1-0.2 s), patches stacked on a leading axis with einsum (+0.8 s), first layer as broadcast "
+    "products (+1 s), patches by gather (+0.7 s); XLA flags xla_cpu_use_onednn / xla_cpu_use_xnnpack: no change",
+    "profile of the chunked step: the 14x14 layer's im2col concatenations (about 8 ms each per task) "
+    "cost as much as its three matmuls; the 28x28 normalisation and pooling about 10% of the step",
+]
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     ways: int = 5
@@ -43,6 +63,7 @@ class Config:
     queries: int = 15
     meta_batch: int = 32
     inner_steps: tuple[int, ...] = (1, 5)
+    task_chunks: tuple[int, ...] = (0, 2)
     image_size: int = 28
     filters: int = 64
     strided: bool = False
@@ -51,6 +72,10 @@ class Config:
     torch_baseline: bool = True
     torch_steps: int = 2
     seed: int = 0
+
+
+def _chunk_label(chunk: int) -> str:
+    return "" if chunk == 0 else f", chunks of {chunk} tasks"
 
 
 def _matmul_peak(size: int) -> float:
@@ -65,25 +90,33 @@ def _matmul_peak(size: int) -> float:
     return 2 * size**3 * calls / (time.perf_counter() - start)
 
 
-def _measure(meta_learner, sampler, config: Config, peak: float) -> dict:
+def _flops(meta_learner, sampler, config: Config) -> float:
+    """XLA's FLOP count of one meta-step, from the unchunked program (a ``lax.map`` over
+    chunks is counted once, not once per chunk, so chunked programs under-report)."""
+    meta_step = make_meta_step(meta_learner, sampler, config.meta_batch, default_optimizer())
+    state = meta_step.init(meta_learner.init())
+    cost = meta_step.step.lower(state, jax.random.key(config.seed)).cost_analysis() or {}
+    return float(cost.get("flops", float("nan")))
+
+
+def _measure(meta_learner, sampler, config: Config, peak: float, flops: float) -> dict:
     meta_step = make_meta_step(meta_learner, sampler, config.meta_batch, default_optimizer())
     state = meta_step.init(meta_learner.init())
     key = jax.random.key(config.seed)
     start = time.perf_counter()
     compiled = meta_step.step.lower(state, key).compile()
     compile_seconds = time.perf_counter() - start
-    flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
     state, metrics = compiled(state, key)
     jax.block_until_ready(metrics)
     steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < config.min_seconds:
+    while time.perf_counter() - start < config.min_seconds or steps < 2:
         state, metrics = compiled(state, key)
         jax.block_until_ready(metrics)
         steps += 1
     seconds = (time.perf_counter() - start) / steps
     return {"compile_seconds": compile_seconds, "seconds_per_step": seconds, "meta_steps_per_second": 1 / seconds,
             "tasks_per_second": config.meta_batch / seconds, "flops_per_step": flops,
-            "fraction_of_matmul_peak": flops / seconds / peak}
+            "fraction_of_matmul_peak": flops / seconds / peak, "timed_steps": steps}
 
 
 def _torch_maml(config: Config, inner_steps: int) -> dict | None:
@@ -139,24 +172,29 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     peak = _matmul_peak(config.matmul_size)
     rows, results = [], {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                                      "jax": jax.__version__, "backend": jax.default_backend(),
-                                     "matmul_flops_per_second": peak}, "config": dataclasses.asdict(config),
+                                     "matmul_flops_per_second": peak}, "config": dataclasses.asdict(config), "notes": NOTES,
                          "jmeta": {}, "torch_loop": {}}
     key = jax.random.key(config.seed)
     for steps in config.inner_steps:
         for algorithm in ("maml", "fomaml"):
-            learner = conv4_learner(key, shape, ways=config.ways, filters=config.filters, strided=config.strided)
-            meta_learner = make_meta_learner(learner, algorithms.algorithm_config(
-                algorithm, loss="ce", num_inner_steps=steps, inner_lr=0.4))
-            name = f"{algorithm} {steps} step{'s' if steps > 1 else ''}"
-            results["jmeta"][name] = _measure(meta_learner, sampler, config, peak)
+            def build(chunk):
+                learner = conv4_learner(key, shape, ways=config.ways, filters=config.filters, strided=config.strided)
+                return make_meta_learner(learner, algorithms.algorithm_config(
+                    algorithm, loss="ce", num_inner_steps=steps, inner_lr=0.4, task_chunk=chunk))
+            flops = _flops(build(0), sampler, config)
+            for chunk in config.task_chunks:
+                name = f"{algorithm} {steps} step{'s' if steps > 1 else ''}{_chunk_label(chunk)}"
+                results["jmeta"][name] = _measure(build(chunk), sampler, config, peak, flops)
         torch_result = _torch_maml(config, steps) if config.torch_baseline else None
         if torch_result is not None:
             results["torch_loop"][f"maml {steps} step{'s' if steps > 1 else ''}"] = torch_result
-    protonet = make_protonet(conv4_learner(key, shape, ways=0, filters=config.filters, strided=config.strided),
-                             config.ways)
-    results["jmeta"]["protonet"] = _measure(protonet, sampler, config, peak)
+    embedding = conv4_learner(key, shape, ways=0, filters=config.filters, strided=config.strided)
+    flops = _flops(make_protonet(embedding, config.ways), sampler, config)
+    for chunk in config.task_chunks:
+        protonet = make_protonet(embedding, config.ways, task_chunk=chunk)
+        results["jmeta"][f"protonet{_chunk_label(chunk)}"] = _measure(protonet, sampler, config, peak, flops)
     for name, r in results["jmeta"].items():
-        baseline = results["torch_loop"].get(name.replace("fomaml", "maml"))
+        baseline = results["torch_loop"].get(name.split(",")[0].replace("fomaml", "maml"))
         ratio = r["meta_steps_per_second"] / baseline["meta_steps_per_second"] if baseline and "fomaml" not in name else None
         rows.append([name, f"{r['seconds_per_step']:.3f}", f"{r['tasks_per_second']:.1f}", f"{r['compile_seconds']:.1f}",
                      f"{r['flops_per_step'] / 1e9:.1f}", f"{100 * r['fraction_of_matmul_peak']:.1f}%",

@@ -7,7 +7,9 @@ happens in the optimizer, so frozen parts still get (unused) gradients and every
 differentiable for tests and analysis.
 
 The single-task loss is written first and vmapped over the task axis in one place,
-``over_tasks``, with meta-parameters broadcast and tasks mapped.
+``over_tasks``, with meta-parameters broadcast and tasks mapped. ``task_chunk`` splits
+that vmap into chunks run one after another: the same numbers, a working set that fits
+in a CPU's cache (conv4 MAML on 2 CPU cores: see ``jmeta run bench-fewshot``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from jmeta.losses import LOSSES, get_loss
 from jmeta.models import Learner, head_mask
 from jmeta.strategy import ACTIVATIONS, combine_outputs
 from jmeta.tasks.base import Batch, Task, validate_tasks
-from jmeta.validation import check_choice, check_positive_float, check_positive_int
+from jmeta.validation import check_choice, check_non_negative_int, check_positive_float, check_positive_int
 
 META_GRADIENTS = ("second_order", "first_order", "reptile")
 
@@ -55,6 +57,9 @@ class MetaLearnerConfig:
       freeze: path prefixes of meta-parameters the outer loop leaves alone, e.g.
         ``("strategy",)``, ``("learners/0",)``, ``("inner_lr",)``. A fixed inner rate and
         the strategy of a single learner are always frozen.
+      task_chunk: ``0`` vmaps over all tasks at once; ``k > 0`` vmaps ``k`` tasks at a
+        time and runs the chunks in sequence (``lax.map``). Same results; on CPU, chunks
+        of conv-net tasks are faster because their activations stay in cache.
     """
 
     num_inner_steps: int = 1
@@ -66,8 +71,10 @@ class MetaLearnerConfig:
     activation: str = "softmax"
     remat: str = "none"
     freeze: tuple[str, ...] = ()
+    task_chunk: int = 0
 
     def __post_init__(self):
+        check_non_negative_int("task_chunk", self.task_chunk)
         check_positive_int("num_inner_steps", self.num_inner_steps)
         check_positive_float("inner_lr", self.inner_lr)
         check_choice("inner_rate", self.inner_rate, RATE_KINDS)
@@ -109,9 +116,46 @@ class MetaLearner(NamedTuple):
     evaluate: Callable
 
 
-def over_tasks(fn: Callable) -> Callable:
-    """The one vmap of the library: meta-parameters broadcast, tasks mapped."""
-    return jax.vmap(fn, in_axes=(None, 0))
+def over_tasks(fn: Callable, chunk: int = 0) -> Callable:
+    """The one vmap of the library: meta-parameters broadcast, tasks mapped.
+
+    ``fn(meta_params, task)`` becomes ``(meta_params, tasks) -> outputs stacked over tasks``.
+    With ``chunk > 0`` the vmap covers ``chunk`` tasks at a time inside a ``lax.map``
+    (a remainder that does not fill a chunk is vmapped on its own).
+    """
+    vmapped = jax.vmap(fn, in_axes=(None, 0))
+    if not chunk:
+        return vmapped
+
+    def chunked(meta_params, tasks):
+        if chunk >= jax.tree_util.tree_leaves(tasks)[0].shape[0]:
+            return vmapped(meta_params, tasks)
+        return jax.lax.map(lambda task: fn(meta_params, task), tasks, batch_size=chunk)
+    return chunked
+
+
+def mean_task_grad(task_loss: Callable, meta_loss: Callable, chunk: int = 0) -> Callable:
+    """``(meta_params, tasks) -> (grads, metrics)``: the gradient of the task-mean loss.
+
+    Without chunks it is the gradient of ``meta_loss``. With chunks each chunk is
+    differentiated inside the ``lax.map`` and the per-task gradients are averaged: a
+    gradient taken outside the map would keep every chunk's activations for one backward
+    pass, which is the working set chunking is there to avoid (conv4 MAML on 2 CPU cores:
+    3.7 s per step that way, 2.3 s this way).
+    """
+    if not chunk:
+        def grad_of_mean(meta_params, tasks):
+            (_, metrics), grads = jax.value_and_grad(meta_loss, has_aux=True)(meta_params, tasks)
+            return grads, metrics
+        return grad_of_mean
+
+    def mean_of_grads(meta_params, tasks):
+        validate_tasks(tasks)
+        per_task = jax.value_and_grad(task_loss, has_aux=True)
+        (_, metrics), grads = over_tasks(per_task, chunk)(meta_params, tasks)
+        mean = lambda leaf: jnp.mean(leaf, axis=0)
+        return jax.tree_util.tree_map(mean, grads), jax.tree_util.tree_map(mean, metrics)
+    return mean_of_grads
 
 
 def _path_name(path) -> str:
@@ -200,7 +244,7 @@ def make_meta_learner(learners: Learner | tuple[Learner, ...] | list[Learner],
 
     def meta_loss(meta_params: MetaParams, tasks: Task):
         validate_tasks(tasks)
-        losses, metrics = over_tasks(task_loss)(meta_params, tasks)
+        losses, metrics = over_tasks(task_loss, config.task_chunk)(meta_params, tasks)
         return losses.mean(), jax.tree_util.tree_map(jnp.mean, metrics)
 
     def reptile_grad(meta_params: MetaParams, tasks: Task):
@@ -210,7 +254,7 @@ def make_meta_learner(learners: Learner | tuple[Learner, ...] | list[Learner],
             post = query_metrics(meta_params, adapted, task.query)
             return adapted, {"inner/loss_first": trace["inner/loss"][0].mean(), "post/loss": post["loss"]}
 
-        adapted, metrics = over_tasks(task_direction)(meta_params, tasks)
+        adapted, metrics = over_tasks(task_direction, config.task_chunk)(meta_params, tasks)
         # Reptile moves the initialisation towards the adapted weights: init - mean(adapted)
         # plays the role of a gradient for the outer optimizer. Rates and strategy stay put.
         learner_grads = jax.tree_util.tree_map(lambda p, a: p - a.mean(axis=0), meta_params.learners, adapted)
@@ -221,8 +265,7 @@ def make_meta_learner(learners: Learner | tuple[Learner, ...] | list[Learner],
     def meta_grad(meta_params: MetaParams, tasks: Task):
         if config.meta_gradient == "reptile":
             return reptile_grad(meta_params, tasks)
-        (_, metrics), grads = jax.value_and_grad(meta_loss, has_aux=True)(meta_params, tasks)
-        return grads, metrics
+        return mean_task_grad(task_loss, meta_loss, config.task_chunk)(meta_params, tasks)
 
     def evaluate(meta_params: MetaParams, tasks: Task, num_steps: int) -> dict:
         validate_tasks(tasks)
@@ -233,6 +276,6 @@ def make_meta_learner(learners: Learner | tuple[Learner, ...] | list[Learner],
             return jax.tree_util.tree_map(lambda steps, last: jnp.concatenate([steps, last[None]]),
                                           trace["observed"], final)
 
-        return over_tasks(task_trajectory)(meta_params, tasks)
+        return over_tasks(task_trajectory, config.task_chunk)(meta_params, tasks)
 
     return MetaLearner(config, learners, init, trainable, adapt, predict, task_loss, meta_loss, meta_grad, evaluate)

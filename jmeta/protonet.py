@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from jmeta.losses import cross_entropy
 from jmeta.models import Learner
-from jmeta.objective import MetaLearner, MetaLearnerConfig, MetaParams, over_tasks
+from jmeta.objective import MetaLearner, MetaLearnerConfig, MetaParams, mean_task_grad, over_tasks
 from jmeta.tasks.base import Task, validate_tasks
 from jmeta.validation import check_positive_int
 
@@ -31,10 +31,13 @@ def prototype_logits(query_embeddings: jax.Array, class_prototypes: jax.Array) -
     return -jnp.sum(jnp.square(differences), axis=-1)
 
 
-def make_protonet(embedding: Learner, ways: int) -> MetaLearner:
-    """A prototypical network over ``embedding`` (e.g. ``conv4_learner(key, ways=0)``)."""
+def make_protonet(embedding: Learner, ways: int, *, task_chunk: int = 0) -> MetaLearner:
+    """A prototypical network over ``embedding`` (e.g. ``conv4_learner(key, ways=0)``).
+
+    ``task_chunk`` is ``MetaLearnerConfig.task_chunk``: 0 vmaps over all tasks at once.
+    """
     ways = check_positive_int("ways", ways)
-    config = MetaLearnerConfig(loss="ce")
+    config = MetaLearnerConfig(loss="ce", task_chunk=task_chunk)
 
     def init() -> MetaParams:
         return MetaParams((embedding.params,), (jnp.zeros(()),), jnp.zeros((1,)))
@@ -56,16 +59,14 @@ def make_protonet(embedding: Learner, ways: int) -> MetaLearner:
 
     def meta_loss(meta_params, tasks: Task):
         validate_tasks(tasks)
-        losses, metrics = over_tasks(task_loss)(meta_params, tasks)
+        losses, metrics = over_tasks(task_loss, config.task_chunk)(meta_params, tasks)
         return losses.mean(), jax.tree_util.tree_map(jnp.mean, metrics)
 
-    def meta_grad(meta_params, tasks: Task):
-        (_, metrics), grads = jax.value_and_grad(meta_loss, has_aux=True)(meta_params, tasks)
-        return grads, metrics
+    meta_grad = mean_task_grad(task_loss, meta_loss, config.task_chunk)
 
     def evaluate(meta_params, tasks: Task, num_steps: int = 0):
         validate_tasks(tasks)
-        _, metrics = over_tasks(task_loss)(meta_params, tasks)
+        _, metrics = over_tasks(task_loss, config.task_chunk)(meta_params, tasks)
         return {"loss": metrics["post/loss"][:, None], "accuracy": metrics["post/accuracy"][:, None]}
 
     return MetaLearner(config, (embedding,), init, trainable, adapt, predict, task_loss, meta_loss, meta_grad, evaluate)

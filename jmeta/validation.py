@@ -18,6 +18,13 @@ def check_positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def check_non_negative_int(name: str, value: Any) -> int:
+    """Returns ``value`` as an int, or raises if it is not an integer >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
 def check_positive_float(name: str, value: Any) -> float:
     """Returns ``value`` as a float, or raises if it is not a finite number > 0."""
     try:

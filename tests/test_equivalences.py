@@ -41,6 +41,22 @@ def test_vmapped_meta_loss_equals_a_loop_over_tasks():
     np.testing.assert_allclose(float(vmapped), looped, rtol=1e-6)
 
 
+@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
+def test_task_chunks_change_no_value(algorithm):
+    # Chunks are vmapped in sequence and (for gradients) differentiated inside the map;
+    # 7 tasks in chunks of 3 also exercises the remainder that does not fill a chunk.
+    tasks = sinusoid_tasks(num_tasks=7)
+    results = {}
+    for chunk in (0, 1, 3):
+        meta_learner = jmeta.make_meta_learner(
+            small_mlp(), jmeta.algorithm_config(algorithm, num_inner_steps=2, task_chunk=chunk))
+        meta_params = meta_learner.init()
+        results[chunk] = (jax.jit(meta_learner.meta_grad)(meta_params, tasks), meta_learner.meta_loss(meta_params, tasks),
+                          meta_learner.evaluate(meta_params, tasks, 2))
+    chex.assert_trees_all_close(results[1], results[0], rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(results[3], results[0], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("algorithm", ["lslr", "fomaml", "anil"])
 def test_checkpointing_inner_steps_changes_no_value(algorithm):
     tasks = sinusoid_tasks()

@@ -58,6 +58,8 @@ def test_unknown_names():
         jmeta.MetaLearnerConfig(loss="l1")
     with pytest.raises(ValueError, match="inner_lr must be a positive"):
         jmeta.MetaLearnerConfig(inner_lr=-0.1)
+    with pytest.raises(ValueError, match="task_chunk must be a non-negative integer, got -2"):
+        jmeta.MetaLearnerConfig(task_chunk=-2)
 
 
 def test_bad_learners_and_samplers():

@@ -73,10 +73,12 @@ def test_fewshot_benchmark_writes_json(tmp_path):
     from jmeta.cli import run_experiment
 
     overrides = ["ways=2", "queries=1", "meta_batch=2", "inner_steps=1", "image_size=16", "filters=4",
-                 "min_seconds=0.05", "matmul_size=64", "torch_baseline=false"]
+                 "min_seconds=0.05", "matmul_size=64", "torch_baseline=false", "task_chunks=1"]
     results = run_experiment("bench-fewshot", str(tmp_path / "bench"), overrides, progress=False)
     written = json.loads((tmp_path / "bench" / "bench_fewshot.json").read_text())
-    assert set(written["jmeta"]) == {"maml 1 step", "fomaml 1 step", "protonet"} == set(results["jmeta"])
+    names = {f"{method}, chunks of 1 tasks" for method in ("maml 1 step", "fomaml 1 step", "protonet")}
+    assert set(written["jmeta"]) == names == set(results["jmeta"])
+    assert written["notes"] and written["config"]["task_chunks"] == [1]
     for measured in written["jmeta"].values():
         assert measured["meta_steps_per_second"] > 0 and measured["flops_per_step"] > 0
         assert 0 < measured["fraction_of_matmul_peak"]
@@ -94,3 +96,71 @@ def test_conv3x3_matches_flax_conv():
         params = ours.init(jax.random.key(1), x)
         reference = nn.Conv(5, (3, 3), strides=stride, padding="SAME")
         np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv3x3_first_and_second_derivatives_match_lax_conv(x64, stride):
+    # Float64 at a small shape: the hand-written VJP of the stride-1 convolution must agree
+    # with lax.conv's autodiff to the first and (as second-order MAML needs) second order.
+    from jmeta.models import conv3x3
+
+    x = jax.random.normal(jax.random.key(0), (3, 7, 8, 4), jnp.float64)
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 4, 5), jnp.float64)
+
+    def reference(x, kernel):
+        return jax.lax.conv_general_dilated(x, kernel, (stride, stride), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def gradient_norm(conv):
+        def loss(x, kernel):
+            return jnp.sum(jnp.sin(conv(x, kernel)) ** 2)
+
+        def norm(x, kernel):
+            gx, gk = jax.grad(loss, (0, 1))(x, kernel)
+            return jnp.sum(gx ** 2) + jnp.sum(gk ** 2)
+        return jax.grad(loss, (0, 1))(x, kernel), jax.grad(norm, (0, 1))(x, kernel)
+
+    ours = gradient_norm(lambda x, k: conv3x3(x, k, stride))
+    chex.assert_trees_all_close(ours, gradient_norm(reference), rtol=1e-9, atol=1e-9)
+
+
+def test_pool_first_block_matches_normalise_relu_then_pool(x64):
+    # Pooling before the per-channel affine map is exact, also where the learned scale is
+    # negative (those channels pool by their minimum); checked on values and gradients.
+    import flax.linen as nn
+
+    from jmeta.models import NormReluPool, TaskBatchNorm, max_pool2x2
+
+    class Reference(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return max_pool2x2(nn.relu(TaskBatchNorm(name="norm")(x)))
+
+    class PoolFirst(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return NormReluPool(name="norm")(x)
+
+    x = jax.random.normal(jax.random.key(0), (4, 9, 7, 6), jnp.float64)  # odd sizes: last row/column dropped
+    params = {"params": {"norm": {"scale": jnp.array([1.5, -0.5, 0.2, -2.0, 1.0, -1.0]),
+                                  "bias": jnp.array([0.1, 0.3, -0.2, 0.0, -1.0, 0.5])}}}
+    np.testing.assert_allclose(nn.max_pool(x, (2, 2), (2, 2), "VALID"), max_pool2x2(x))
+    expected = Reference().apply(params, x)
+    chex.assert_shape(expected, (4, 4, 3, 6))
+    np.testing.assert_allclose(PoolFirst().apply(params, x), expected, rtol=1e-12, atol=1e-12)
+
+    def loss(module):
+        return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+    chex.assert_trees_all_close(jax.grad(loss(PoolFirst()), (0, 1))(params, x),
+                                jax.grad(loss(Reference()), (0, 1))(params, x), rtol=1e-10, atol=1e-10)
+
+
+def test_task_chunks_give_the_same_protonet_gradient():
+    sampler = make_episode_sampler(_easy_images(), ways=3, shots=1, queries=2)
+    embedding = conv4_learner(jax.random.key(0), (12, 12, 1), ways=0, filters=4, strided=True)
+    tasks = jmeta.sample_tasks(sampler, jax.random.key(1), 5)
+    whole = make_protonet(embedding, 3)
+    chunked = make_protonet(embedding, 3, task_chunk=2)  # 5 tasks: two chunks and a remainder
+    # float32 sums in a different order: gradients of size ~1 agree to ~1e-6
+    chex.assert_trees_all_close(jax.jit(chunked.meta_grad)(chunked.init(), tasks),
+                                jax.jit(whole.meta_grad)(whole.init(), tasks), rtol=1e-4, atol=1e-5)
