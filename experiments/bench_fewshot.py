@@ -1,13 +1,14 @@
 """Benchmark of few-shot classification: conv4 MAML and prototypical networks (JSON + table).
 
 Command:  jmeta run bench-fewshot
-Runtime:  about 3 minutes on a 2-core laptop CPU with ``inner_steps=1`` (a conv4 MAML step
-          took 10.9 s there); the default 1 and 5 inner steps take several times longer.
+Runtime:  about 7 minutes on a 2-core laptop CPU (3 with ``inner_steps=1``); each row
+          compiles once (10-20 s) and times at least ``min_seconds`` of steps.
 Expected: meta-steps/s and tasks/s of conv4 MAML (5-way 1-shot, 15 queries, meta-batch
           32; 1 and 5 inner steps; second and first order) and of prototypical networks at
           the same episode shape; XLA's FLOP count per step and the fraction of this
           machine's measured float32 matmul peak that it reaches; and a learn2learn-style
-          PyTorch MAML loop on the same workload for the ratio.
+          PyTorch MAML loop on the same workload for the ratio. Each meta-learner runs
+          once as one vmap over tasks and once per entry of ``task_chunks``.
 
 This is the measurement the few-shot issue's speed target is judged by (at least 1.5x
 the PyTorch loop's meta-steps/s, compile under 15 s); the numbers it writes say where the
