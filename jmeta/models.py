@@ -232,14 +232,54 @@ def max_pool2x2(x: jax.Array) -> jax.Array:
     return x.reshape((n, height // 2, 2, width // 2, 2, channels)).max(axis=(2, 4))
 
 
+def conv_norm_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, scale: jax.Array, norm_bias: jax.Array,
+                        epsilon: float = 1e-5) -> jax.Array:
+    """``NormReluPool`` of ``conv3x3(x, kernel) + bias`` for inputs with few channels.
+
+    The batch statistics of the convolution's output are computed from the mean and
+    covariance of the input's 3x3 patches (a 9C x 9C matrix; small for grey or RGB images),
+    the sign of each channel's batch-norm multiplier is folded into the kernel, and the
+    bias enters after pooling: the only full-resolution arrays are the matmul's output and
+    its gradient. For conv4's first block on 28x28 grey images this replaces some ten
+    full-resolution passes of normalisation and bias.
+    """
+    patches = _patches(x, 1)
+    flat = patches.reshape((-1, patches.shape[-1]))
+    weights = kernel.reshape((-1, kernel.shape[-1]))
+    patch_mean = jnp.mean(flat, axis=0, keepdims=True)
+    centred = flat - patch_mean
+    covariance = centred.T @ centred / flat.shape[0]
+    mean = (patch_mean @ weights)[0] + bias
+    variance = jnp.sum(weights * (covariance @ weights), axis=0)
+    multiplier = scale * jax.lax.rsqrt(variance + epsilon)
+    offset = norm_bias - mean * multiplier
+    sign = jnp.where(multiplier >= 0, 1.0, -1.0).astype(x.dtype)
+    shape = (1, 1, 1, -1)
+    # conv3x3 rather than ``patches @ ...``: its VJP forms the kernel gradient as
+    # ``patches.T @ cotangent``; autodiff's own transpose made XLA copy the full-resolution
+    # cotangent into a transposed layout first (0.6 s per MAML step).
+    pooled = max_pool2x2(conv3x3(x, kernel * sign.reshape((1, 1, 1, -1)))) + (bias * sign).reshape(shape)
+    return nn.relu(pooled * (multiplier * sign).reshape(shape) + offset.reshape(shape))
+
+
+def _conv3x3_params(in_features: int, features: int) -> Callable:
+    """Initialiser of ``Conv3x3``'s parameters as one dict (same names, shapes and initialisers)."""
+    def init(key):
+        return {"kernel": nn.initializers.lecun_normal()(key, (3, 3, in_features, features)),
+                "bias": jnp.zeros((features,))}
+    return init
+
+
 class Conv4(nn.Module):
     """The conv4 of MAML and prototypical networks.
 
     Four blocks of 3x3 convolution (``filters`` channels), batch norm with batch
     statistics, ReLU and 2x2 max-pooling — or, with ``strided``, stride-2 convolutions
-    and a final spatial mean instead of pooling, as MAML's Omniglot network (on XLA:CPU
-    the max-pool gradient makes the pooled form about 5x slower to train). Then a linear ``head`` with ``ways``
-    outputs, or with ``ways=0`` the flattened embedding (prototypical networks).
+    and a final spatial mean instead of pooling, as MAML's Omniglot network. Then a
+    linear ``head`` with ``ways`` outputs, or with ``ways=0`` the flattened embedding
+    (prototypical networks). The pooled blocks compute the same function in a cheaper
+    order on CPU (``NormReluPool``; the first block ``conv_norm_relu_pool``); parameter
+    names and shapes are those of ``Conv3x3`` and ``TaskBatchNorm`` in every block.
     """
 
     ways: int = 5
@@ -249,6 +289,13 @@ class Conv4(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for block in range(4):
+            if block == 0 and not self.strided and x.shape[-1] <= 3:
+                # Same parameter tree as the blocks below; see conv_norm_relu_pool.
+                conv = self.param("conv_0", _conv3x3_params(x.shape[-1], self.filters))
+                norm = self.param("norm_0", lambda _: {"scale": jnp.ones((self.filters,)),
+                                                       "bias": jnp.zeros((self.filters,))})
+                x = conv_norm_relu_pool(x, conv["kernel"], conv["bias"], norm["scale"], norm["bias"])
+                continue
             x = Conv3x3(self.filters, 2 if self.strided else 1, name=f"conv_{block}")(x)
             if self.strided:
                 x = nn.relu(TaskBatchNorm(name=f"norm_{block}")(x))

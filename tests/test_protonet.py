@@ -155,6 +155,41 @@ def test_pool_first_block_matches_normalise_relu_then_pool(x64):
                                 jax.grad(loss(Reference()), (0, 1))(params, x), rtol=1e-10, atol=1e-10)
 
 
+def test_first_block_from_patch_statistics_matches_the_plain_block(x64):
+    # conv4's first pooled block takes batch-norm statistics from the patch covariance and
+    # pools before the bias; it must equal conv -> batch norm -> ReLU -> pool, values and
+    # gradients, including channels with a negative scale.
+    import flax.linen as nn
+
+    from jmeta.models import batch_affine, conv3x3, conv_norm_relu_pool, max_pool2x2
+
+    x = jax.random.normal(jax.random.key(0), (4, 9, 8, 1), jnp.float64)
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 1, 6), jnp.float64)
+    bias = jax.random.normal(jax.random.key(2), (6,), jnp.float64)
+    scale = jnp.array([1.5, -0.5, 0.2, -2.0, 1.0, -1.0])
+    norm_bias = jnp.array([0.1, 0.3, -0.2, 0.0, -1.0, 0.5])
+
+    def plain(x, kernel, bias, scale, norm_bias):
+        y = conv3x3(x, kernel) + bias.reshape((1, 1, 1, -1))
+        multiplier, offset = batch_affine(y, scale, norm_bias, 1e-5)
+        return max_pool2x2(nn.relu(y * multiplier + offset))
+
+    args = (x, kernel, bias, scale, norm_bias)
+    np.testing.assert_allclose(conv_norm_relu_pool(*args), plain(*args), rtol=1e-12, atol=1e-12)
+    loss = lambda block: lambda *a: jnp.sum(jnp.sin(block(*a)))
+    chex.assert_trees_all_close(jax.grad(loss(conv_norm_relu_pool), range(5))(*args),
+                                jax.grad(loss(plain), range(5))(*args), rtol=1e-10, atol=1e-10)
+
+
+def test_pooled_conv4_keeps_the_parameter_tree_of_its_blocks():
+    learner = conv4_learner(jax.random.key(0), (28, 28, 1), ways=5, filters=8)
+    shapes = jax.tree_util.tree_map(jnp.shape, learner.params)
+    for block in range(4):
+        assert shapes[f"conv_{block}"] == {"kernel": (3, 3, 1 if block == 0 else 8, 8), "bias": (8,)}
+        assert shapes[f"norm_{block}"] == {"scale": (8,), "bias": (8,)}
+    assert shapes["head"] == {"kernel": (8, 5), "bias": (5,)}
+
+
 def test_task_chunks_give_the_same_protonet_gradient():
     sampler = make_episode_sampler(_easy_images(), ways=3, shots=1, queries=2)
     embedding = conv4_learner(jax.random.key(0), (12, 12, 1), ways=0, filters=4, strided=True)
