@@ -51,7 +51,8 @@ NOTES = [
     "gradient taken inside the map, chunks of 1 / 2 / 4 tasks: 2.6 / 2.4 / 2.7 s (PyTorch loop 2.9-3.5 s)",
     "rejected, slower in the step: channels-first layout (CNHW), input gradient as nine shifted matmuls "
     "(+0.1-0.2 s), patches stacked on a leading axis with einsum (+0.8 s), first layer as broadcast "
-    "products (+1 s), patches by gather (+0.7 s); XLA flags xla_cpu_use_onednn / xla_cpu_use_xnnpack: no change",
+    "products (+1 s), patches by gather (+0.7 s), row patches (K=192) times a (192, 192) kernel with "
+    "output-side shifts and its own VJP (+0.5 s); XLA flags xla_cpu_use_onednn / xla_cpu_use_xnnpack: no change",
     "profile of the chunked step (chunks of 2): the 28x28 block's normalisation, bias and pooling "
     "passes about 0.7 s of 2.5 s of ops; the 14x14 layer's im2col concatenations about as much as its matmuls",
     "first block's batch-norm statistics from the 9x9 covariance of the input patches, bias after pooling "
