@@ -129,7 +129,7 @@ def test_pool_first_block_matches_normalise_relu_then_pool(x64):
     # negative (those channels pool by their minimum); checked on values and gradients.
     import flax.linen as nn
 
-    from jmeta.models import NormReluPool, TaskBatchNorm, max_pool2x2
+    from jmeta.models import TaskBatchNorm, max_pool2x2
 
     class Reference(nn.Module):
         @nn.compact
@@ -139,7 +139,7 @@ def test_pool_first_block_matches_normalise_relu_then_pool(x64):
     class PoolFirst(nn.Module):
         @nn.compact
         def __call__(self, x):
-            return NormReluPool(name="norm")(x)
+            return TaskBatchNorm(relu_pool=True, name="norm")(x)
 
     x = jax.random.normal(jax.random.key(0), (4, 9, 7, 6), jnp.float64)  # odd sizes: last row/column dropped
     params = {"params": {"norm": {"scale": jnp.array([1.5, -0.5, 0.2, -2.0, 1.0, -1.0]),
