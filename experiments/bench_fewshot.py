@@ -181,9 +181,9 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
                          "jmeta": {}, "torch_loop": {}}
     key = jax.random.key(config.seed)
     for steps in config.inner_steps:
+        learner = conv4_learner(key, shape, ways=config.ways, filters=config.filters, strided=config.strided)
         for algorithm in ("maml", "fomaml"):
             def build(chunk):
-                learner = conv4_learner(key, shape, ways=config.ways, filters=config.filters, strided=config.strided)
                 return make_meta_learner(learner, algorithms.algorithm_config(
                     algorithm, loss="ce", num_inner_steps=steps, inner_lr=0.4, task_chunk=chunk))
             flops = _flops(build(0), sampler, config)
