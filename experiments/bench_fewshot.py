@@ -7,8 +7,10 @@ Expected: meta-steps/s and tasks/s of conv4 MAML (5-way 1-shot, 15 queries, meta
           32; 1 and 5 inner steps; second and first order) and of prototypical networks at
           the same episode shape; XLA's FLOP count per step and the fraction of this
           machine's measured float32 matmul peak that it reaches; and a learn2learn-style
-          PyTorch MAML loop on the same workload for the ratio. Each meta-learner runs
-          once as one vmap over tasks and once per entry of ``task_chunks``.
+          PyTorch MAML loop on the same workload for the ratio (on CUDA when JAX runs on
+          a GPU). Each meta-learner runs once per entry of ``task_chunks`` (0: one vmap
+          over tasks) and of ``convs`` (``im2col``: one matmul per convolution, the fast
+          path on CPU; ``xla``: ``lax.conv``). On a GPU: ``convs=im2col,xla task_chunks=0``.
 
 This is the measurement the few-shot issue's speed target is judged by (at least 1.5x
 the PyTorch loop's meta-steps/s, compile under 15 s); the numbers it writes say where the
@@ -28,13 +30,14 @@ import numpy as np
 
 from jmeta import algorithms
 from jmeta.checkpoint import atomic_write_json
-from jmeta.models import conv4_learner
+from jmeta.models import CONV_IMPLEMENTATIONS, conv4_learner
 from jmeta.objective import make_meta_learner
 from jmeta.outer import default_optimizer, make_meta_step
 from jmeta.protonet import make_protonet
 from jmeta.runs import RunDir
 from jmeta.stats import markdown_table
 from jmeta.tasks import make_episode_sampler
+from jmeta.validation import check_choice
 
 
 # Alternatives measured on the 2-core development machine (AMD EPYC, jax 0.10.2, XLA:CPU;
@@ -69,6 +72,7 @@ class Config:
     meta_batch: int = 32
     inner_steps: tuple[int, ...] = (1, 5)
     task_chunks: tuple[int, ...] = (0, 2)
+    convs: tuple[str, ...] = ("im2col",)
     image_size: int = 28
     filters: int = 64
     strided: bool = False
@@ -79,8 +83,9 @@ class Config:
     seed: int = 0
 
 
-def _chunk_label(chunk: int) -> str:
-    return "" if chunk == 0 else f", chunks of {chunk} tasks"
+def _label(conv: str, chunk: int) -> str:
+    parts = (["lax.conv"] if conv == "xla" else []) + ([f"chunks of {chunk} tasks"] if chunk else [])
+    return "".join(", " + part for part in parts)
 
 
 def _matmul_peak(size: int) -> float:
@@ -101,6 +106,8 @@ def _flops(meta_learner, sampler, config: Config) -> float:
     meta_step = make_meta_step(meta_learner, sampler, config.meta_batch, default_optimizer())
     state = meta_step.init(meta_learner.init())
     cost = meta_step.step.lower(state, jax.random.key(config.seed)).cost_analysis() or {}
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+        cost = cost[0] if cost else {}
     return float(cost.get("flops", float("nan")))
 
 
@@ -125,7 +132,10 @@ def _measure(meta_learner, sampler, config: Config, peak: float, flops: float) -
 
 
 def _torch_maml(config: Config, inner_steps: int) -> dict | None:
-    """learn2learn-style conv4 MAML: a Python loop over tasks, autograd.grad(create_graph=True)."""
+    """learn2learn-style conv4 MAML: a Python loop over tasks, autograd.grad(create_graph=True).
+
+    It runs on CUDA when JAX runs on a GPU (and PyTorch sees one), else on the CPU.
+    """
     try:
         import torch
     except ImportError:
@@ -133,6 +143,8 @@ def _torch_maml(config: Config, inner_steps: int) -> dict | None:
     from torch import nn
     from torch.func import functional_call
 
+    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    synchronize = torch.cuda.synchronize if device == "cuda" else lambda: None
     torch.manual_seed(config.seed)
     layers = []
     channels = 1
@@ -140,7 +152,7 @@ def _torch_maml(config: Config, inner_steps: int) -> dict | None:
         layers += [nn.Conv2d(channels, config.filters, 3, padding=1), nn.BatchNorm2d(config.filters,
                    track_running_stats=False), nn.ReLU(), nn.MaxPool2d(2)]
         channels = config.filters
-    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(config.filters, config.ways))
+    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(config.filters, config.ways)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     names = [n for n, _ in model.named_parameters()]
     size = config.image_size
@@ -148,10 +160,10 @@ def _torch_maml(config: Config, inner_steps: int) -> dict | None:
     def step():
         optimizer.zero_grad()
         for _ in range(config.meta_batch):
-            support = torch.randn(config.ways * config.shots, 1, size, size)
-            support_y = torch.arange(config.ways).repeat_interleave(config.shots)
-            query = torch.randn(config.ways * config.queries, 1, size, size)
-            query_y = torch.arange(config.ways).repeat_interleave(config.queries)
+            support = torch.randn(config.ways * config.shots, 1, size, size, device=device)
+            support_y = torch.arange(config.ways, device=device).repeat_interleave(config.shots)
+            query = torch.randn(config.ways * config.queries, 1, size, size, device=device)
+            query_y = torch.arange(config.ways, device=device).repeat_interleave(config.queries)
             params = dict(model.named_parameters())
             for _ in range(inner_steps):
                 loss = nn.functional.cross_entropy(functional_call(model, params, (support,)), support_y)
@@ -161,15 +173,21 @@ def _torch_maml(config: Config, inner_steps: int) -> dict | None:
         optimizer.step()
 
     step()
+    synchronize()
     start = time.perf_counter()
     for _ in range(config.torch_steps):
         step()
+    synchronize()
     seconds = (time.perf_counter() - start) / config.torch_steps
     return {"seconds_per_step": seconds, "meta_steps_per_second": 1 / seconds,
-            "tasks_per_second": config.meta_batch / seconds, "torch_threads": torch.get_num_threads()}
+            "tasks_per_second": config.meta_batch / seconds, "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "device": device,
+            "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}}
 
 
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+    for conv in config.convs:
+        check_choice("convs", conv, CONV_IMPLEMENTATIONS)
     rng = np.random.default_rng(config.seed)
     data = rng.random((64, 20, config.image_size, config.image_size, 1)).astype(np.float32)
     sampler = make_episode_sampler(data, config.ways, config.shots, config.queries)
@@ -177,27 +195,31 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     peak = _matmul_peak(config.matmul_size)
     rows, results = [], {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                                      "jax": jax.__version__, "backend": jax.default_backend(),
+                                     "device": jax.devices()[0].device_kind,
                                      "matmul_flops_per_second": peak}, "config": dataclasses.asdict(config), "notes": NOTES,
                          "jmeta": {}, "torch_loop": {}}
     key = jax.random.key(config.seed)
     for steps in config.inner_steps:
-        learner = conv4_learner(key, shape, ways=config.ways, filters=config.filters, strided=config.strided)
-        for algorithm in ("maml", "fomaml"):
-            def build(chunk):
-                return make_meta_learner(learner, algorithms.algorithm_config(
-                    algorithm, loss="ce", num_inner_steps=steps, inner_lr=0.4, task_chunk=chunk))
-            flops = _flops(build(0), sampler, config)
-            for chunk in config.task_chunks:
-                name = f"{algorithm} {steps} step{'s' if steps > 1 else ''}{_chunk_label(chunk)}"
-                results["jmeta"][name] = _measure(build(chunk), sampler, config, peak, flops)
+        for conv in config.convs:
+            learner = conv4_learner(key, shape, ways=config.ways, filters=config.filters, strided=config.strided,
+                                    conv=conv)
+            for algorithm in ("maml", "fomaml"):
+                def build(chunk):
+                    return make_meta_learner(learner, algorithms.algorithm_config(
+                        algorithm, loss="ce", num_inner_steps=steps, inner_lr=0.4, task_chunk=chunk))
+                flops = _flops(build(0), sampler, config)
+                for chunk in config.task_chunks:
+                    name = f"{algorithm} {steps} step{'s' if steps > 1 else ''}{_label(conv, chunk)}"
+                    results["jmeta"][name] = _measure(build(chunk), sampler, config, peak, flops)
         torch_result = _torch_maml(config, steps) if config.torch_baseline else None
         if torch_result is not None:
             results["torch_loop"][f"maml {steps} step{'s' if steps > 1 else ''}"] = torch_result
-    embedding = conv4_learner(key, shape, ways=0, filters=config.filters, strided=config.strided)
-    flops = _flops(make_protonet(embedding, config.ways), sampler, config)
-    for chunk in config.task_chunks:
-        protonet = make_protonet(embedding, config.ways, task_chunk=chunk)
-        results["jmeta"][f"protonet{_chunk_label(chunk)}"] = _measure(protonet, sampler, config, peak, flops)
+    for conv in config.convs:
+        embedding = conv4_learner(key, shape, ways=0, filters=config.filters, strided=config.strided, conv=conv)
+        flops = _flops(make_protonet(embedding, config.ways), sampler, config)
+        for chunk in config.task_chunks:
+            protonet = make_protonet(embedding, config.ways, task_chunk=chunk)
+            results["jmeta"][f"protonet{_label(conv, chunk)}"] = _measure(protonet, sampler, config, peak, flops)
     for name, r in results["jmeta"].items():
         baseline = results["torch_loop"].get(name.split(",")[0].replace("fomaml", "maml"))
         ratio = r["meta_steps_per_second"] / baseline["meta_steps_per_second"] if baseline and "fomaml" not in name else None

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jmeta.validation import check_positive_int
+from jmeta.validation import check_choice, check_positive_int
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -131,11 +131,17 @@ class TaskBatchNorm(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
         bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+        if self.relu_pool:
+            return norm_relu_pool(x, scale, bias, self.epsilon)
         multiplier, offset = batch_affine(x, scale, bias, self.epsilon)
-        if not self.relu_pool:
-            return x * multiplier + offset
-        sign = jnp.where(multiplier >= 0, 1.0, -1.0).astype(x.dtype)
-        return nn.relu(max_pool2x2(x * sign) * (multiplier * sign) + offset)
+        return x * multiplier + offset
+
+
+def norm_relu_pool(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float = 1e-5) -> jax.Array:
+    """``max_pool2x2(relu(batch_norm(x)))`` with the pooling first (see ``TaskBatchNorm``)."""
+    multiplier, offset = batch_affine(x, scale, bias, epsilon)
+    sign = jnp.where(multiplier >= 0, 1.0, -1.0).astype(x.dtype)
+    return nn.relu(max_pool2x2(x * sign) * (multiplier * sign) + offset)
 
 
 def _same_padding(size: int, stride: int) -> tuple[int, int, int]:
@@ -192,23 +198,36 @@ def _conv3x3_same_backward(residuals, cotangent):
 _conv3x3_same.defvjp(_conv3x3_same_forward, _conv3x3_same_backward)
 
 
+CONV_IMPLEMENTATIONS = ("im2col", "xla")
+
+
+def lax_conv3x3(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+    """``conv3x3`` computed by ``lax.conv_general_dilated``."""
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 class Conv3x3(nn.Module):
-    """A 3x3 convolution (SAME padding, stride 1 or 2) computed by ``conv3x3``, one matmul.
+    """A 3x3 convolution (SAME padding, stride 1 or 2): ``conv3x3`` (one matmul) or ``lax.conv``.
 
     Same parameters and outputs as ``nn.Conv(features, (3, 3), strides, padding="SAME")``.
     Under ``vmap`` over tasks with per-task weights (MAML's inner loop) XLA:CPU turns
     ``lax.conv`` into a grouped convolution that is very slow: the gradient of one 64->64
-    layer for 32 tasks of 80 14x14 images took 99.6 s that way and 3.0 s as im2col.
+    layer for 32 tasks of 80 14x14 images took 99.6 s that way and 3.0 s as im2col. With
+    ``implementation="xla"`` it is ``lax.conv_general_dilated`` (for GPUs, where the
+    grouped convolution is a library call; bench-fewshot measures both).
     """
 
     features: int
     stride: int = 1
+    implementation: str = "im2col"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return conv3x3(x, kernel, self.stride) + bias.reshape((1, 1, 1, -1))
+        conv = lax_conv3x3 if self.implementation == "xla" else conv3x3
+        return conv(x, kernel, self.stride) + bias.reshape((1, 1, 1, -1))
 
 
 def max_pool2x2(x: jax.Array) -> jax.Array:
@@ -275,6 +294,7 @@ class Conv4(nn.Module):
     ways: int = 5
     filters: int = 64
     strided: bool = False
+    conv: str = "im2col"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -284,9 +304,13 @@ class Conv4(nn.Module):
                 conv = self.param("conv_0", _conv3x3_params(x.shape[-1], self.filters))
                 norm = self.param("norm_0", lambda _: {"scale": jnp.ones((self.filters,)),
                                                        "bias": jnp.zeros((self.filters,))})
-                x = conv_norm_relu_pool(x, conv["kernel"], conv["bias"], norm["scale"], norm["bias"])
+                if self.conv == "im2col":
+                    x = conv_norm_relu_pool(x, conv["kernel"], conv["bias"], norm["scale"], norm["bias"])
+                else:
+                    x = lax_conv3x3(x, conv["kernel"]) + conv["bias"].reshape((1, 1, 1, -1))
+                    x = norm_relu_pool(x, norm["scale"], norm["bias"])
                 continue
-            x = Conv3x3(self.filters, 2 if self.strided else 1, name=f"conv_{block}")(x)
+            x = Conv3x3(self.filters, 2 if self.strided else 1, self.conv, name=f"conv_{block}")(x)
             if self.strided:
                 x = nn.relu(TaskBatchNorm(name=f"norm_{block}")(x))
             else:
@@ -298,12 +322,17 @@ class Conv4(nn.Module):
 
 
 def conv4_learner(key: jax.Array, image_shape: Sequence[int] = (28, 28, 1), ways: int = 5, filters: int = 64,
-                  *, strided: bool = False, adapt: str = "all", name: str = "conv4") -> Learner:
-    """Conv4 as a base learner; ``ways=0`` gives the embedding network of prototypical networks."""
+                  *, strided: bool = False, conv: str = "im2col", adapt: str = "all", name: str = "conv4") -> Learner:
+    """Conv4 as a base learner; ``ways=0`` gives the embedding network of prototypical networks.
+
+    ``conv`` picks how each 3x3 convolution is computed, with the same parameters and
+    outputs: ``"im2col"`` (one matmul; the fast path on CPU) or ``"xla"`` (``lax.conv``).
+    """
+    check_choice("conv", conv, CONV_IMPLEMENTATIONS)
     if ways != 0:
         check_positive_int("ways", ways)
     if not strided and min(image_shape[:2]) < 16:
         raise ValueError(f"conv4 with max-pooling halves the image four times and needs at least 16x16 images, "
                          f"got image_shape {tuple(image_shape)}; use strided=True or larger images")
-    module = Conv4(ways, check_positive_int("filters", filters), strided)
+    module = Conv4(ways, check_positive_int("filters", filters), strided, conv)
     return make_learner(name, module, key, jnp.zeros((2, *image_shape), jnp.float32), adapt=adapt)

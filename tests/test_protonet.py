@@ -190,6 +190,19 @@ def test_pooled_conv4_keeps_the_parameter_tree_of_its_blocks():
     assert shapes["head"] == {"kernel": (8, 5), "bias": (5,)}
 
 
+def test_conv4_with_lax_conv_is_the_same_network():
+    # conv="xla" (lax.conv, for GPUs) and the default im2col path: same parameters, same outputs.
+    images = jax.random.normal(jax.random.key(3), (6, 28, 28, 1))
+    for strided in (False, True):
+        im2col = conv4_learner(jax.random.key(0), ways=5, filters=8, strided=strided)
+        xla = conv4_learner(jax.random.key(0), ways=5, filters=8, strided=strided, conv="xla")
+        chex.assert_trees_all_equal(im2col.params, xla.params)
+        np.testing.assert_allclose(xla.apply_fn(im2col.params, images), im2col.apply_fn(im2col.params, images),
+                                   rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown conv 'cudnn'"):
+        conv4_learner(jax.random.key(0), conv="cudnn")
+
+
 def test_task_chunks_give_the_same_protonet_gradient():
     sampler = make_episode_sampler(_easy_images(), ways=3, shots=1, queries=2)
     embedding = conv4_learner(jax.random.key(0), (12, 12, 1), ways=0, filters=4, strided=True)
