@@ -38,12 +38,13 @@ SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    background: str = os.path.join(SHARED, "images_background_small1.zip")
-    evaluation: str = os.path.join(SHARED, "images_background_small2.zip")
-    methods: tuple[str, ...] = ("protonet",)
-    settings: tuple[str, ...] = ("5x1", "5x5", "20x1", "20x5")
-    within_alphabet: bool = True
+class Training:
+    """How ``train_model`` meta-trains: the fields that ``omniglot`` and ``omniglot-runs`` share.
+
+    ``train_ways`` is the prototypical network's training episode width; a gradient-based
+    method (MAML and the like) trains one model per number of ways it is tested at.
+    """
+
     image_size: int = 28
     cache: bool = True
     filters: int = 64
@@ -58,11 +59,20 @@ class Config:
     maml_meta_batch: int = 8
     maml_num_steps: int = 600
     task_chunk: int = 2
-    eval_tasks: int = 600
-    plot_episodes: int = 3
     seed: int = 0
     log_every: int = 50
     checkpoint_every: int = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(Training):
+    background: str = os.path.join(SHARED, "images_background_small1.zip")
+    evaluation: str = os.path.join(SHARED, "images_background_small2.zip")
+    methods: tuple[str, ...] = ("protonet",)
+    settings: tuple[str, ...] = ("5x1", "5x5", "20x1", "20x5")
+    within_alphabet: bool = True
+    eval_tasks: int = 600
+    plot_episodes: int = 3
 
 
 def _setting(text: str) -> tuple[int, int]:
@@ -84,7 +94,7 @@ def unseen_alphabets(background: ClassImages, evaluation: ClassImages) -> ClassI
                        names)
 
 
-def train_model(config: Config, run: RunDir, method: str, ways: int, data: ClassImages, progress: bool):
+def train_model(config: Training, run: RunDir, method: str, ways: int, data: ClassImages, progress: bool):
     """Meta-trains ``method`` on ``data`` (stage ``METHOD-WAYSway`` of ``run``); returns
     ``(meta_learner, meta_params)``. A prototypical network ignores ``ways`` at test time."""
     key = jax.random.key(config.seed)

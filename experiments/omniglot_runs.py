@@ -1,9 +1,10 @@
 """The Omniglot one-shot classification challenge (Lake et al. 2015): error rate per run.
 
 Command:  jmeta run omniglot-runs runs=PATH [background=PATH[,PATH]] [checkpoint=DIR]
-          [methods=protonet,nearest_neighbour,hausdorff]
+          [methods=protonet,maml,nearest_neighbour,hausdorff]
 Runtime:  about 5 minutes on a 2-core laptop CPU (meta-training the prototypical network
-          on the background set); about 20 seconds with ``checkpoint=DIR``.
+          on the background set; MAML at 20 ways takes longer); about 20 seconds with
+          ``checkpoint=DIR``.
 Expected: on the real 20 runs the modified Hausdorff distance errs on about 38.8% and
           nearest neighbour in pixel space on about 81%; people err on 4.5% and Bayesian
           program learning on 3.3% (with the full 30-alphabet background set). A
@@ -13,8 +14,11 @@ Expected: on the real 20 runs the modified Hausdorff distance errs on about 38.8
 ``runs`` is the challenge's zip or folder (``runNN/training``, ``runNN/test``,
 ``runNN/class_labels.txt``); ``jmeta.data.write_oneshot_runs`` builds runs in that format
 from any background set. ``checkpoint`` is the directory of an earlier ``jmeta run
-omniglot`` or ``omniglot-runs`` run whose prototypical network is used instead of
-training a new one (it must have the same ``filters``, ``image_size`` and ``train_ways``).
+omniglot`` or ``omniglot-runs`` run whose trained models are used instead of training new
+ones (stages ``protonet-{train_ways}way`` and ``METHOD-20way``; the training fields must
+match that run's). ``methods`` takes ``protonet``, any gradient-based algorithm of
+``jmeta.algorithms`` (``maml``, ``fomaml``, ``metasgd``, ``anil``, ...; trained at 20
+ways, adapted on each run's 20 training images) and the two baselines.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import shutil
 import jax
 import numpy as np
 
+from jmeta import algorithms
 from jmeta.data import load_omniglot, load_oneshot_runs
 from jmeta.data.omniglot import concatenate
 from jmeta.experiments import omniglot
@@ -34,26 +39,16 @@ from jmeta.runs import RunDir
 from jmeta.stats import markdown_table
 from jmeta.tasks.base import Batch
 
-METHODS = ("protonet", "nearest_neighbour", "hausdorff")
+BASELINES = ("nearest_neighbour", "hausdorff")
+METHODS = ("protonet",) + BASELINES
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(omniglot.Training):
     runs: str = ""
     background: tuple[str, ...] = (os.path.join(omniglot.SHARED, "images_background_small1.zip"),)
     checkpoint: str = ""
     methods: tuple[str, ...] = METHODS
-    image_size: int = 28
-    cache: bool = True
-    filters: int = 64
-    train_ways: int = 20
-    train_shots: int = 5
-    queries: int = 5
-    num_steps: int = 2000
-    outer_lr: float = 0.001
-    seed: int = 0
-    log_every: int = 50
-    checkpoint_every: int = 500
 
 
 def modified_hausdorff(a: np.ndarray, b: np.ndarray) -> float:
@@ -75,12 +70,10 @@ def _baseline_predictions(method: str, training: np.ndarray, test: np.ndarray) -
     return np.array([np.argmin([modified_hausdorff(_points(image), p) for p in train_points]) for image in test])
 
 
-def _protonet(config: Config, run: RunDir, progress: bool):
-    settings = omniglot.Config(image_size=config.image_size, filters=config.filters, train_ways=config.train_ways,
-                               train_shots=config.train_shots, queries=config.queries, num_steps=config.num_steps,
-                               outer_lr=config.outer_lr, seed=config.seed, log_every=config.log_every,
-                               checkpoint_every=config.checkpoint_every)
-    stage = f"protonet-{config.train_ways}way"
+def _twenty_way_model(config: Config, run: RunDir, method: str, background, progress: bool):
+    """``(meta_learner, meta_params)`` of ``method`` for 20-way runs: trained, or the checkpoint's."""
+    ways = config.train_ways if method == "protonet" else 20
+    stage = f"{method}-{ways}way"
     if config.checkpoint:
         source = os.path.join(config.checkpoint, "checkpoints", f"{stage}.npz")
         if not os.path.exists(source):
@@ -88,29 +81,37 @@ def _protonet(config: Config, run: RunDir, progress: bool):
         if not os.path.exists(run.checkpoint_path(stage)):
             os.makedirs(os.path.dirname(run.checkpoint_path(stage)), exist_ok=True)
             shutil.copyfile(source, run.checkpoint_path(stage))
-    if not config.background:
-        raise ValueError("background: give at least one Omniglot background zip or folder")
-    background = concatenate([load_omniglot(path, config.image_size, config.cache) for path in config.background])
-    trained, meta_params = omniglot.train_model(settings, run, "protonet", config.train_ways, background, progress)
-    return make_protonet(trained.learners[0], 20), meta_params
+    trained, meta_params = omniglot.train_model(config, run, method, ways, background, progress)
+    return (make_protonet(trained.learners[0], 20) if method == "protonet" else trained), meta_params
+
+
+def _model_errors(config: Config, meta_learner, meta_params, runs) -> list[float]:
+    """Error rate per run: adapt on the run's 20 training images (labels 0..19), classify its tests."""
+    predict = jax.jit(lambda support, query_x: meta_learner.predict(
+        meta_params, meta_learner.adapt(meta_params, support, config.maml_steps)[0], query_x))
+    return [float(np.mean(np.argmax(np.asarray(predict(
+        Batch(r.training, np.arange(len(r.training), dtype=np.int32)), r.test)), -1) != r.answers)) for r in runs]
 
 
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     if not config.runs:
         raise ValueError("runs: give the one-shot runs zip or folder, e.g. jmeta run omniglot-runs runs=all_runs.zip")
-    unknown = [m for m in config.methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; expected some of {', '.join(METHODS)}")
+    models = [m for m in config.methods if m not in BASELINES]
+    for method in models:
+        if method != "protonet" and method not in algorithms.ALGORITHMS:
+            raise ValueError(f"methods: unknown method {method!r}; expected protonet, "
+                             f"{', '.join(BASELINES)} or one of {', '.join(algorithms.ALGORITHMS)}")
     runs = load_oneshot_runs(config.runs, config.image_size)
-    full_size = load_oneshot_runs(config.runs, 105) if set(config.methods) - {"protonet"} else None
+    full_size = load_oneshot_runs(config.runs, 105) if set(config.methods) & set(BASELINES) else None
     errors = {}
-    if "protonet" in config.methods:
-        meta_learner, meta_params = _protonet(config, run, progress)
-        predict = jax.jit(lambda support, query_x: meta_learner.predict(
-            meta_params, meta_learner.adapt(meta_params, support)[0], query_x))
-        errors["protonet"] = [float(np.mean(np.argmax(np.asarray(predict(
-            Batch(r.training, np.arange(len(r.training), dtype=np.int32)), r.test)), -1) != r.answers)) for r in runs]
-    for method in ("nearest_neighbour", "hausdorff"):
+    if models:
+        if not config.background:
+            raise ValueError("background: give at least one Omniglot background zip or folder")
+        background = concatenate([load_omniglot(path, config.image_size, config.cache) for path in config.background])
+    for method in models:
+        meta_learner, meta_params = _twenty_way_model(config, run, method, background, progress)
+        errors[method] = _model_errors(config, meta_learner, meta_params, runs)
+    for method in BASELINES:
         if method in config.methods:
             errors[method] = [float(np.mean(_baseline_predictions(method, r.training, r.test) != r.answers))
                               for r in full_size]

@@ -2,6 +2,7 @@
 
 
 import numpy as np
+import pytest
 
 from jmeta.cli import run_experiment
 from jmeta.data import load_oneshot_runs
@@ -43,3 +44,24 @@ def test_omniglot_and_runs_experiments_tiny(tmp_path):
     assert "protonet-20way" not in metrics  # the checkpoint was used, nothing was retrained
     table = (tmp_path / "runs" / "table.md").read_text()
     assert "run20" in table and "**mean**" in table
+
+
+def test_runs_with_maml_trained_at_twenty_ways(tmp_path):
+    runs_zip = build_runs_zip(SMALL2, tmp_path / "runs.zip", alphabets=("Japanese_(katakana)", "Sanskrit"))
+    results = run_experiment("omniglot-runs", str(tmp_path / "runs"), TINY + [
+        f"runs={runs_zip}", f"background={SMALL1}", "methods=maml", "maml_num_steps=3", "maml_meta_batch=2",
+        "task_chunk=0"], progress=False)
+    assert set(results["error_rate"]) == {"maml"}
+    assert len(results["error_rate"]["maml"]) == 20
+    assert all(0 <= e <= 1 for e in results["error_rate"]["maml"])
+    assert "maml-20way" in (tmp_path / "runs" / "metrics.jsonl").read_text()
+    # a checkpoint directory without that method's stage is an error, not a silent retrain
+    with pytest.raises(FileNotFoundError, match="no fomaml-20way checkpoint"):
+        run_experiment("omniglot-runs", str(tmp_path / "again"), TINY + [
+            f"runs={runs_zip}", "methods=fomaml", f"checkpoint={tmp_path / 'runs'}"], progress=False)
+
+
+def test_runs_refuses_an_unknown_method(tmp_path):
+    with pytest.raises(ValueError, match="unknown method 'mamal'"):
+        run_experiment("omniglot-runs", str(tmp_path / "runs"), [f"runs={tmp_path}", "methods=protonet,mamal"],
+                       progress=False)
