@@ -61,6 +61,13 @@ NOTES = [
     "first block's batch-norm statistics from the 9x9 covariance of the input patches, bias after pooling "
     "(conv_norm_relu_pool): step 2.3 -> 2.1 s, ops 2.48 -> 1.87 s; written as patches @ kernel with "
     "autodiff it was 2.7 s (XLA transposed the full-resolution cotangent for the kernel gradient)",
+    "inner loop vmapped over all 32 tasks and differentiated by one vjp, only the query passes in chunks "
+    "of 2: rejected, 5 inner steps 5.0 s against 3.4-4.4 s with the whole task in each chunk",
+    "lax.conv (conv4_learner(conv='xla')) inside the chunk map: 34.7 s per step in chunks of 1 task, "
+    "55.5 s in chunks of 2 (XLA:CPU's slow path for convolution gradients in loops, jax-ml/jax#12868)",
+    "compile options for 5 inner steps in chunks of 2 (20 s timed each): default 17.8 s compile, 3.53 s "
+    "per step; xla_backend_optimization_level=1: 15.8 s, 3.71 s; with xla_llvm_disable_expensive_passes "
+    "too: 15.1 s, 3.98 s; level 0: 12.3 s, 12.8 s. Left at the default",
 ]
 
 

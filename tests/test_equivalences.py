@@ -41,15 +41,17 @@ def test_vmapped_meta_loss_equals_a_loop_over_tasks():
     np.testing.assert_allclose(float(vmapped), looped, rtol=1e-6)
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "metasgd", "reptile"])
 def test_task_chunks_change_no_value(algorithm):
     # Chunks are vmapped in sequence and (for gradients) differentiated inside the map;
     # 7 tasks in chunks of 3 also exercises the remainder that does not fill a chunk.
+    # Meta-SGD with two learners: the strategy weights get a gradient too.
     tasks = sinusoid_tasks(num_tasks=7)
+    learners = (small_mlp(0), small_mlp(1, name="b")) if algorithm == "metasgd" else small_mlp()
     results = {}
     for chunk in (0, 1, 3):
         meta_learner = jmeta.make_meta_learner(
-            small_mlp(), jmeta.algorithm_config(algorithm, num_inner_steps=2, task_chunk=chunk))
+            learners, jmeta.algorithm_config(algorithm, num_inner_steps=2, task_chunk=chunk))
         meta_params = meta_learner.init()
         results[chunk] = (jax.jit(meta_learner.meta_grad)(meta_params, tasks), meta_learner.meta_loss(meta_params, tasks),
                           meta_learner.evaluate(meta_params, tasks, 2))
