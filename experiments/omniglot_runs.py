@@ -5,6 +5,8 @@ Command:  jmeta run omniglot-runs runs=PATH [background=PATH[,PATH]] [checkpoint
 Runtime:  about 5 minutes on a 2-core laptop CPU (meta-training the prototypical network
           on the background set; MAML at 20 ways takes longer); about 20 seconds with
           ``checkpoint=DIR``.
+Writes:   results.json, table.md, and run.png (the first run's images with each method's
+          predictions).
 Expected: on the real 20 runs the modified Hausdorff distance errs on about 38.8% and
           nearest neighbour in pixel space on about 81%; people err on 4.5% and Bayesian
           program learning on 3.3% (with the full 30-alphabet background set). A
@@ -85,12 +87,43 @@ def _twenty_way_model(config: Config, run: RunDir, method: str, background, prog
     return (make_protonet(trained.learners[0], 20) if method == "protonet" else trained), meta_params
 
 
-def _model_errors(config: Config, meta_learner, meta_params, runs) -> list[float]:
-    """Error rate per run: adapt on the run's 20 training images (labels 0..19), classify its tests."""
+def _model_predictions(config: Config, meta_learner, meta_params, runs) -> list[np.ndarray]:
+    """Per run, the training class predicted for each test image after adapting on the
+    run's 20 training images (labels 0..19)."""
     predict = jax.jit(lambda support, query_x: meta_learner.predict(
         meta_params, meta_learner.adapt(meta_params, support, config.maml_steps)[0], query_x))
-    return [float(np.mean(np.argmax(np.asarray(predict(
-        Batch(r.training, np.arange(len(r.training), dtype=np.int32)), r.test)), -1) != r.answers)) for r in runs]
+    return [np.argmax(np.asarray(predict(Batch(r.training, np.arange(len(r.training), dtype=np.int32)), r.test)), -1)
+            for r in runs]
+
+
+def _plot_run(one_run, predictions: dict, path: str) -> None:
+    """The run's 20 training images, then its test images with each method's prediction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = len(one_run.training)
+    figure, axes = plt.subplots(1 + len(predictions), columns, figsize=(columns * 0.8, 1.1 * (1 + len(predictions))),
+                                squeeze=False)
+    for column in range(columns):
+        axes[0, column].imshow(one_run.training[column, ..., 0], cmap="gray_r")
+        axes[0, column].set_title(f"class {column + 1}", fontsize=6)
+    for row, (method, predicted) in enumerate(predictions.items(), start=1):
+        for column in range(min(columns, len(one_run.test))):
+            right = predicted[column] == one_run.answers[column]
+            axes[row, column].imshow(one_run.test[column, ..., 0], cmap="Greens" if right else "Reds")
+            axes[row, column].set_title(f"{predicted[column] + 1}" + ("" if right else f" ({one_run.answers[column] + 1})"),
+                                        fontsize=6)
+        axes[row, 0].text(-0.2, 0.5, method, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=7)
+    for axis in axes.ravel():
+        axis.set_xticks([])
+        axis.set_yticks([])
+    figure.suptitle(f"{one_run.name}: training images (top); test images with the predicted class "
+                    f"(red: wrong, true class in brackets)", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
@@ -103,18 +136,19 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
                              f"{', '.join(BASELINES)} or one of {', '.join(algorithms.ALGORITHMS)}")
     runs = load_oneshot_runs(config.runs, config.image_size)
     full_size = load_oneshot_runs(config.runs, 105) if set(config.methods) & set(BASELINES) else None
-    errors = {}
+    predictions = {}
     if models:
         if not config.background:
             raise ValueError("background: give at least one Omniglot background zip or folder")
         background = concatenate([load_omniglot(path, config.image_size, config.cache) for path in config.background])
     for method in models:
         meta_learner, meta_params = _twenty_way_model(config, run, method, background, progress)
-        errors[method] = _model_errors(config, meta_learner, meta_params, runs)
+        predictions[method] = _model_predictions(config, meta_learner, meta_params, runs)
     for method in BASELINES:
         if method in config.methods:
-            errors[method] = [float(np.mean(_baseline_predictions(method, r.training, r.test) != r.answers))
-                              for r in full_size]
+            predictions[method] = [_baseline_predictions(method, r.training, r.test) for r in full_size]
+    errors = {m: [float(np.mean(p != r.answers)) for p, r in zip(predicted, runs)] for m, predicted in predictions.items()}
+    _plot_run(runs[0], {m: predicted[0] for m, predicted in predictions.items()}, run.file("run.png"))
     header = ["run"] + list(errors)
     rows = [[r.name] + [f"{100 * errors[m][i]:.0f}%" for m in errors] for i, r in enumerate(runs)]
     rows.append(["**mean**"] + [f"**{100 * np.mean(errors[m]):.1f}%**" for m in errors])

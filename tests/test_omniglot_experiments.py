@@ -44,6 +44,7 @@ def test_omniglot_and_runs_experiments_tiny(tmp_path):
     assert "protonet-20way" not in metrics  # the checkpoint was used, nothing was retrained
     table = (tmp_path / "runs" / "table.md").read_text()
     assert "run20" in table and "**mean**" in table
+    assert (tmp_path / "runs" / "run.png").stat().st_size > 0
 
 
 def test_runs_with_maml_trained_at_twenty_ways(tmp_path):
