@@ -56,10 +56,13 @@ def test_tiny_protonet_training_beats_chance():
     assert _accuracy(protonet, state.meta_params, sampler, 0) > 0.6  # chance is 0.2
 
 
-def test_tiny_maml_classification_beats_chance():
+@pytest.mark.parametrize("algorithm", ["maml", pytest.param("fomaml", marks=pytest.mark.slow),
+                                       pytest.param("metasgd", marks=pytest.mark.slow),
+                                       pytest.param("anil", marks=pytest.mark.slow)])
+def test_tiny_gradient_based_classification_beats_chance(algorithm):
     sampler = make_episode_sampler(_easy_images(), ways=5, shots=1, queries=3)
     learner = conv4_learner(jax.random.key(0), (12, 12, 1), ways=5, filters=8, strided=True)
-    maml = jmeta.make_meta_learner(learner, jmeta.algorithm_config("maml", loss="ce", inner_lr=0.4,
+    maml = jmeta.make_meta_learner(learner, jmeta.algorithm_config(algorithm, loss="ce", inner_lr=0.4,
                                                                    num_inner_steps=2))
     meta_step = jmeta.make_meta_step(maml, sampler, 4, jmeta.default_optimizer(3e-3))
     state = fit(meta_step, meta_step.init(maml.init()), jax.random.key(1), 40, log_every=10,
