@@ -288,7 +288,8 @@ class Conv4(nn.Module):
     linear ``head`` with ``ways`` outputs, or with ``ways=0`` the flattened embedding
     (prototypical networks). The pooled blocks compute the same function in a cheaper
     order on CPU (``TaskBatchNorm(relu_pool=True)``; the first block ``conv_norm_relu_pool``); parameter
-    names and shapes are those of ``Conv3x3`` and ``TaskBatchNorm`` in every block.
+    names and shapes are those of ``Conv3x3`` and ``TaskBatchNorm`` in every block. ``conv``
+    is ``Conv3x3``'s implementation (``"im2col"`` or ``"xla"``); it changes no parameter.
     """
 
     ways: int = 5
