@@ -214,20 +214,20 @@ class Conv3x3(nn.Module):
     Under ``vmap`` over tasks with per-task weights (MAML's inner loop) XLA:CPU turns
     ``lax.conv`` into a grouped convolution that is very slow: the gradient of one 64->64
     layer for 32 tasks of 80 14x14 images took 99.6 s that way and 3.0 s as im2col. With
-    ``implementation="xla"`` it is ``lax.conv_general_dilated`` (for GPUs, where the
+    ``conv="xla"`` it is ``lax.conv_general_dilated`` (for GPUs, where the
     grouped convolution is a library call; bench-fewshot measures both).
     """
 
     features: int
     stride: int = 1
-    implementation: str = "im2col"
+    conv: str = "im2col"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        conv = lax_conv3x3 if self.implementation == "xla" else conv3x3
-        return conv(x, kernel, self.stride) + bias.reshape((1, 1, 1, -1))
+        convolve = lax_conv3x3 if self.conv == "xla" else conv3x3
+        return convolve(x, kernel, self.stride) + bias.reshape((1, 1, 1, -1))
 
 
 def max_pool2x2(x: jax.Array) -> jax.Array:
@@ -289,7 +289,7 @@ class Conv4(nn.Module):
     (prototypical networks). The pooled blocks compute the same function in a cheaper
     order on CPU (``TaskBatchNorm(relu_pool=True)``; the first block ``conv_norm_relu_pool``); parameter
     names and shapes are those of ``Conv3x3`` and ``TaskBatchNorm`` in every block. ``conv``
-    is ``Conv3x3``'s implementation (``"im2col"`` or ``"xla"``); it changes no parameter.
+    is passed to ``Conv3x3`` (``"im2col"`` or ``"xla"``); it changes no parameter.
     """
 
     ways: int = 5
