@@ -62,12 +62,12 @@ def test_tiny_protonet_training_beats_chance():
 def test_tiny_gradient_based_classification_beats_chance(algorithm):
     sampler = make_episode_sampler(_easy_images(), ways=5, shots=1, queries=3)
     learner = conv4_learner(jax.random.key(0), (12, 12, 1), ways=5, filters=8, strided=True)
-    maml = jmeta.make_meta_learner(learner, jmeta.algorithm_config(algorithm, loss="ce", inner_lr=0.4,
-                                                                   num_inner_steps=2))
-    meta_step = jmeta.make_meta_step(maml, sampler, 4, jmeta.default_optimizer(3e-3))
-    state = fit(meta_step, meta_step.init(maml.init()), jax.random.key(1), 40, log_every=10,
+    meta_learner = jmeta.make_meta_learner(learner, jmeta.algorithm_config(algorithm, loss="ce", inner_lr=0.4,
+                                                                           num_inner_steps=2))
+    meta_step = jmeta.make_meta_step(meta_learner, sampler, 4, jmeta.default_optimizer(3e-3))
+    state = fit(meta_step, meta_step.init(meta_learner.init()), jax.random.key(1), 40, log_every=10,
                 checkpoint_every=10, progress=False, scan=False)
-    assert _accuracy(maml, state.meta_params, sampler, 2) > 0.5
+    assert _accuracy(meta_learner, state.meta_params, sampler, 2) > 0.5
 
 
 def test_fewshot_benchmark_writes_json(tmp_path):
