@@ -94,6 +94,10 @@ class Config:
     seed: int = 0
 
 
+def _steps(steps: int) -> str:
+    return f"{steps} step{'s' if steps > 1 else ''}"
+
+
 def _label(conv: str, chunk: int) -> str:
     parts = (["lax.conv"] if conv == "xla" else []) + ([f"chunks of {chunk} tasks"] if chunk else [])
     return "".join(", " + part for part in parts)
@@ -220,11 +224,11 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
                         algorithm, loss="ce", num_inner_steps=steps, inner_lr=0.4, task_chunk=chunk))
                 flops = _flops(build(0), sampler, config)
                 for chunk in config.task_chunks:
-                    name = f"{algorithm} {steps} step{'s' if steps > 1 else ''}{_label(conv, chunk)}"
+                    name = f"{algorithm} {_steps(steps)}{_label(conv, chunk)}"
                     results["jmeta"][name] = _measure(build(chunk), sampler, config, peak, flops)
         torch_result = _torch_maml(config, steps) if config.torch_baseline else None
         if torch_result is not None:
-            results["torch_loop"][f"maml {steps} step{'s' if steps > 1 else ''}"] = torch_result
+            results["torch_loop"][f"maml {_steps(steps)}"] = torch_result
     for conv in config.convs:
         embedding = conv4_learner(key, shape, ways=0, filters=config.filters, strided=config.strided, conv=conv)
         flops = _flops(make_protonet(embedding, config.ways), sampler, config)
