@@ -152,13 +152,19 @@ def _same_padding(size: int, stride: int) -> tuple[int, int, int]:
 
 
 def _patches(x: jax.Array, stride: int) -> jax.Array:
-    """im2col: the 3x3 SAME neighbourhoods of ``x`` (N, H, W, C) as (N, H', W', 9 C), (i, j, c) order."""
+    """im2col: the 3x3 SAME neighbourhoods of ``x`` (N, H, W, C) as (N, H', W', 9 C), (i, j, c) order.
+
+    Built as stacks of three on non-minor axes, then a reshape: XLA:CPU never fuses a
+    concatenation along the minor axis or of more than eight operands, so nine slices
+    concatenated on the channel axis were nine materialised copies and then a tenth pass
+    copying them together; this way the patches are written in one fused pass.
+    """
     out_height, top, bottom = _same_padding(x.shape[-3], stride)
     out_width, left, right = _same_padding(x.shape[-2], stride)
     padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    return jnp.concatenate([padded[:, i:i + (out_height - 1) * stride + 1:stride,
-                                   j:j + (out_width - 1) * stride + 1:stride, :]
-                            for i in range(3) for j in range(3)], axis=-1)
+    rows = [jnp.stack([padded[:, i:i + (out_height - 1) * stride + 1:stride, j:j + (out_width - 1) * stride + 1:stride]
+                       for j in range(3)], axis=-2) for i in range(3)]
+    return jnp.stack(rows, axis=-3).reshape((*x.shape[:-3], out_height, out_width, 9 * x.shape[-1]))
 
 
 def conv3x3(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
