@@ -194,11 +194,35 @@ def _conv3x3_same_backward(residuals, cotangent):
     # convolution, of the cotangent with the flipped, transposed kernel, so it reuses the
     # fast path (and stays differentiable through this rule for second-order MAML).
     x, kernel = residuals
-    flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
-    x_cotangent = _conv3x3_same(cotangent, flipped)
+    return _conv3x3_same(cotangent, _flip(kernel)), _conv3x3_kernel_grad(x, cotangent)
+
+
+def _flip(kernel: jax.Array) -> jax.Array:
+    """The kernel whose SAME convolution is the transpose of ``kernel``'s: flipped, channels swapped."""
+    return jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
+
+
+@jax.custom_vjp
+def _conv3x3_kernel_grad(x: jax.Array, cotangent: jax.Array) -> jax.Array:
+    """The kernel gradient of ``conv3x3(x, kernel)`` for an output cotangent: ``patches.T @ cotangent``."""
     patches = _patches(x, 1).reshape((-1, 9 * x.shape[-1]))
-    kernel_cotangent = (patches.T @ cotangent.reshape((-1, cotangent.shape[-1]))).reshape(kernel.shape)
-    return x_cotangent, kernel_cotangent
+    return (patches.T @ cotangent.reshape((-1, cotangent.shape[-1]))).reshape((3, 3, x.shape[-1], -1))
+
+
+def _conv3x3_kernel_grad_forward(x, cotangent):
+    return _conv3x3_kernel_grad(x, cotangent), (x, cotangent)
+
+
+def _conv3x3_kernel_grad_backward(residuals, kernel_cotangent):
+    # The kernel gradient is bilinear in (x, cotangent); both of its own gradients are
+    # stride-1 SAME convolutions. Second-order MAML differentiates it once per inner step,
+    # and autodiff's version transposed the patch matrix and scattered it back through
+    # nine slices.
+    x, cotangent = residuals
+    return _conv3x3_same(cotangent, _flip(kernel_cotangent)), _conv3x3_same(x, kernel_cotangent)
+
+
+_conv3x3_kernel_grad.defvjp(_conv3x3_kernel_grad_forward, _conv3x3_kernel_grad_backward)
 
 
 _conv3x3_same.defvjp(_conv3x3_same_forward, _conv3x3_same_backward)

@@ -102,9 +102,10 @@ def test_conv3x3_matches_flax_conv():
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_conv3x3_first_and_second_derivatives_match_lax_conv(x64, stride):
-    # Float64 at a small shape: the hand-written VJP of the stride-1 convolution must agree
-    # with lax.conv's autodiff to the first and (as second-order MAML needs) second order.
+def test_conv3x3_derivatives_to_third_order_match_lax_conv(x64, stride):
+    # Float64 at a small shape: the hand-written VJPs of the stride-1 convolution (and of its
+    # kernel gradient) must agree with lax.conv's autodiff to the first, the second (as
+    # second-order MAML needs) and the third order.
     from jmeta.models import conv3x3
 
     x = jax.random.normal(jax.random.key(0), (3, 7, 8, 4), jnp.float64)
@@ -121,7 +122,12 @@ def test_conv3x3_first_and_second_derivatives_match_lax_conv(x64, stride):
         def norm(x, kernel):
             gx, gk = jax.grad(loss, (0, 1))(x, kernel)
             return jnp.sum(gx ** 2) + jnp.sum(gk ** 2)
-        return jax.grad(loss, (0, 1))(x, kernel), jax.grad(norm, (0, 1))(x, kernel)
+
+        def second_norm(x, kernel):  # the kernel gradient's own VJP, differentiated once more
+            gx, gk = jax.grad(norm, (0, 1))(x, kernel)
+            return jnp.sum(gx ** 2) + jnp.sum(gk ** 2)
+        return (jax.grad(loss, (0, 1))(x, kernel), jax.grad(norm, (0, 1))(x, kernel),
+                jax.grad(second_norm, (0, 1))(x, kernel))
 
     ours = gradient_norm(lambda x, k: conv3x3(x, k, stride))
     chex.assert_trees_all_close(ours, gradient_norm(reference), rtol=1e-9, atol=1e-9)
