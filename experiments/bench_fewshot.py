@@ -2,7 +2,11 @@
 
 Command:  jmeta run bench-fewshot
 Runtime:  about 7 minutes on a 2-core laptop CPU (3 with ``inner_steps=1``); each row
-          compiles once (10-20 s) and times at least ``min_seconds`` of steps.
+          compiles once (10-25 s). The rows of one inner-step count, the PyTorch loop
+          among them, then run in alternation, one step each per round, until every row
+          has at least three timed steps and ``min_seconds`` in all; each reports its
+          median. Machine drift (this 2-core VM moves by 10-30% over minutes) then hits the
+          PyTorch loop and jmeta alike, so their ratio is the stable number.
 Expected: meta-steps/s and tasks/s of conv4 MAML (5-way 1-shot, 15 queries, meta-batch
           32; 1 and 5 inner steps; second and first order) and of prototypical networks at
           the same episode shape; XLA's FLOP count per step and the fraction of this
@@ -22,7 +26,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import statistics
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -72,6 +78,26 @@ NOTES = [
     "(150, 14, 14, 64) alone 53 -> 13 ms (a fresh output buffer is page-faulted in at ~1.3 GB/s), but the "
     "meta-step only 2.05 s (1 step, chunks of 2; 2.3-2.5 s without) and 3.63 s (5 steps): a process-wide "
     "setting that would speed the PyTorch loop's allocations too, so not adopted",
+    "allocator settings measured on both sides (separate processes, 1 / 5 steps): defaults jmeta 2.27 / 3.84 s, "
+    "PyTorch loop 3.43 / 5.34 s; GLIBC_TUNABLES=glibc.malloc.hugetlb=1: 1.97 / 3.52 and 2.42 / 5.04; malloc off "
+    "mmap: 2.01 / 4.02 and 2.56 / 4.97. The PyTorch loop moves most, which is why rows now alternate in one run",
+    "im2col as nine slices concatenated on the channel axis: XLA:CPU never fuses a minor-axis concatenation or one "
+    "of more than eight operands, so each slice was materialised and then copied again; as stacks of three on "
+    "non-minor axes it is one fused pass: patches of (150, 14, 14, 64) 61 -> 29 ms, step 2.16 -> 2.04 s "
+    "(medians of alternating runs, 1 step, chunks of 2)",
+    "the kernel gradient patches.T @ cotangent with its own VJP (both of its gradients are SAME convolutions) "
+    "instead of autodiff's transpose of the patch matrix and scatter through the slices: 5 steps 3.92 -> 3.51 s, "
+    "1 step 2.40 -> 2.21 s (second order differentiates it once per inner step)",
+    "rejected: inner scan fully unrolled (5 steps 3.43 vs 3.82 s, compile 30.8 vs 24.4 s); unroll=2 (4.05 s, "
+    "compile 39 s); two independent chunks per map iteration so the thunk executor could overlap them (2.19 s, "
+    "no gain; chunks of 1: 3.07 s); Winograd F(2x2, 3x3) for the 14x14 layer (layer alone 1.15 vs 1.08 s: its 16 "
+    "batched K=64 matmuls reach ~94 GFLOP/s and its kernel gradient runs on Eigen); "
+    "xla_cpu_enable_concurrency_optimized_scheduler (2.26 vs 2.23 s)",
+    "where the 1-step time goes now: the kernel gradients patches.T @ cotangent are ~0.56 of 2.02 s (timed by "
+    "zeroing them). YNNPACK takes no dot whose left operand is column-major, so they run on Eigen at ~120 "
+    "GFLOP/s; forced onto YNNPACK as cotangent.T @ patches behind optimisation barriers: 23 vs 19 ms per chunk",
+    "compile of 5 inner steps: tracing and lowering 2.5-3 s, XLA 21-22 s (27,673 HLO lines against 16,369 at one "
+    "step); xla_llvm_disable_expensive_passes 22.5 s, xla_cpu_parallel_codegen_split_count=2 21.5 s: no help",
 ]
 
 
@@ -87,10 +113,9 @@ class Config:
     image_size: int = 28
     filters: int = 64
     strided: bool = False
-    min_seconds: float = 3.0
+    min_seconds: float = 6.0
     matmul_size: int = 2048
     torch_baseline: bool = True
-    torch_steps: int = 3
     seed: int = 0
 
 
@@ -126,30 +151,49 @@ def _flops(meta_learner, sampler, config: Config) -> float:
     return float(cost.get("flops", float("nan")))
 
 
-def _measure(meta_learner, sampler, config: Config, peak: float, flops: float) -> dict:
+def _compiled_step(meta_learner, sampler, config: Config) -> tuple[Callable[[], None], float]:
+    """One compiled meta-step as a call that runs a step and waits for it, and its compile seconds."""
     meta_step = make_meta_step(meta_learner, sampler, config.meta_batch, default_optimizer())
-    state = meta_step.init(meta_learner.init())
+    state = [meta_step.init(meta_learner.init())]
     key = jax.random.key(config.seed)
     start = time.perf_counter()
-    compiled = meta_step.step.lower(state, key).compile()
+    compiled = meta_step.step.lower(state[0], key).compile()
     compile_seconds = time.perf_counter() - start
-    state, metrics = compiled(state, key)
-    jax.block_until_ready(metrics)
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < config.min_seconds or steps < 2:
-        state, metrics = compiled(state, key)
+
+    def call():
+        state[0], metrics = compiled(state[0], key)  # the state is donated: keep the new one
         jax.block_until_ready(metrics)
-        steps += 1
-    seconds = (time.perf_counter() - start) / steps
-    return {"compile_seconds": compile_seconds, "seconds_per_step": seconds, "meta_steps_per_second": 1 / seconds,
-            "tasks_per_second": config.meta_batch / seconds, "flops_per_step": flops,
-            "fraction_of_matmul_peak": flops / seconds / peak, "timed_steps": steps}
+    return call, compile_seconds
 
 
-def _torch_maml(config: Config, inner_steps: int) -> dict | None:
+def _alternating(calls: dict[str, Callable[[], None]], min_seconds: float, min_calls: int = 3) -> dict[str, list[float]]:
+    """Seconds of each call, timed in rounds that run every call once, after one warm-up each.
+
+    Rounds continue until every call has ``min_calls`` timings and ``min_seconds`` in all.
+    """
+    for call in calls.values():
+        call()
+    seconds = {name: [] for name in calls}
+    while any(len(s) < min_calls or sum(s) < min_seconds for s in seconds.values()):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def _summary(seconds: list[float], config: Config) -> dict:
+    median = statistics.median(seconds)
+    return {"seconds_per_step": median, "meta_steps_per_second": 1 / median, "tasks_per_second": config.meta_batch / median,
+            "seconds_min": min(seconds), "seconds_max": max(seconds), "timed_steps": len(seconds)}
+
+
+def _torch_maml(config: Config, inner_steps: int) -> tuple[Callable[[], None], dict] | None:
     """learn2learn-style conv4 MAML: a Python loop over tasks, autograd.grad(create_graph=True).
 
-    It runs on CUDA when JAX runs on a GPU (and PyTorch sees one), else on the CPU.
+    Returns a call that runs one meta-step (and waits for it) and a description, or None
+    without PyTorch. It runs on CUDA when JAX runs on a GPU (and PyTorch sees one), else
+    on the CPU.
     """
     try:
         import torch
@@ -187,17 +231,12 @@ def _torch_maml(config: Config, inner_steps: int) -> dict | None:
             (nn.functional.cross_entropy(functional_call(model, params, (query,)), query_y) / config.meta_batch).backward()
         optimizer.step()
 
-    step()
-    synchronize()
-    start = time.perf_counter()
-    for _ in range(config.torch_steps):
+    def call():
         step()
-    synchronize()
-    seconds = (time.perf_counter() - start) / config.torch_steps
-    return {"seconds_per_step": seconds, "meta_steps_per_second": 1 / seconds,
-            "tasks_per_second": config.meta_batch / seconds, "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "device": device,
+        synchronize()
+    info = {"torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": device,
             "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}}
+    return call, info
 
 
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
@@ -214,7 +253,24 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
                                      "matmul_flops_per_second": peak}, "config": dataclasses.asdict(config), "notes": NOTES,
                          "jmeta": {}, "torch_loop": {}}
     key = jax.random.key(config.seed)
+
+    def measure(group: dict[str, tuple], torch_call=None, torch_name: str = ""):
+        """Times one group of rows in alternation; ``group`` maps a row to (call, compile s, FLOPs)."""
+        calls = {name: call for name, (call, _, _) in group.items()}
+        if torch_call is not None:  # its own key: "maml 1 step" also names a jmeta row
+            calls["PyTorch loop"] = torch_call[0]
+        seconds = _alternating(calls, config.min_seconds)
+        for name, (_, compile_seconds, flops) in group.items():
+            r = _summary(seconds[name], config)
+            results["jmeta"][name] = {**r, "compile_seconds": compile_seconds, "flops_per_step": flops,
+                                      "fraction_of_matmul_peak": flops * r["meta_steps_per_second"] / peak}
+        if torch_call is not None:
+            results["torch_loop"][torch_name] = {**_summary(seconds["PyTorch loop"], config), **torch_call[1]}
+        if progress:
+            print(f"timed {', '.join(calls)}", flush=True)
+
     for steps in config.inner_steps:
+        group = {}
         for conv in config.convs:
             learner = conv4_learner(key, shape, ways=config.ways, filters=config.filters, strided=config.strided,
                                     conv=conv)
@@ -224,17 +280,17 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
                         algorithm, loss="ce", num_inner_steps=steps, inner_lr=0.4, task_chunk=chunk))
                 flops = _flops(build(0), sampler, config)
                 for chunk in config.task_chunks:
-                    name = f"{algorithm} {_steps(steps)}{_label(conv, chunk)}"
-                    results["jmeta"][name] = _measure(build(chunk), sampler, config, peak, flops)
-        torch_result = _torch_maml(config, steps) if config.torch_baseline else None
-        if torch_result is not None:
-            results["torch_loop"][f"maml {_steps(steps)}"] = torch_result
+                    group[f"{algorithm} {_steps(steps)}{_label(conv, chunk)}"] = (
+                        *_compiled_step(build(chunk), sampler, config), flops)
+        measure(group, _torch_maml(config, steps) if config.torch_baseline else None, f"maml {_steps(steps)}")
+    group = {}
     for conv in config.convs:
         embedding = conv4_learner(key, shape, ways=0, filters=config.filters, strided=config.strided, conv=conv)
         flops = _flops(make_protonet(embedding, config.ways), sampler, config)
         for chunk in config.task_chunks:
             protonet = make_protonet(embedding, config.ways, task_chunk=chunk)
-            results["jmeta"][f"protonet{_label(conv, chunk)}"] = _measure(protonet, sampler, config, peak, flops)
+            group[f"protonet{_label(conv, chunk)}"] = (*_compiled_step(protonet, sampler, config), flops)
+    measure(group)
     for name, r in results["jmeta"].items():
         baseline = results["torch_loop"].get(name.split(",")[0].replace("fomaml", "maml"))
         ratio = r["meta_steps_per_second"] / baseline["meta_steps_per_second"] if baseline and "fomaml" not in name else None

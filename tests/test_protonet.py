@@ -88,6 +88,29 @@ def test_fewshot_benchmark_writes_json(tmp_path):
     assert written["machine"]["matmul_flops_per_second"] > 0
 
 
+def test_fewshot_benchmark_alternates_jmeta_rows_with_the_pytorch_loop(tmp_path, monkeypatch):
+    # The PyTorch loop is timed in the same rounds as the jmeta rows; a stand-in replaces it
+    # (PyTorch is not a test dependency). "maml 1 step" names both a jmeta row and the loop.
+    import time
+
+    from jmeta.cli import load_experiment, run_experiment
+
+    bench_fewshot = load_experiment("bench-fewshot")  # the module run_experiment runs
+    calls = []
+
+    def stand_in(config, inner_steps):
+        return (lambda: (calls.append(inner_steps), time.sleep(0.01))), {"device": "stand-in"}
+    monkeypatch.setattr(bench_fewshot, "_torch_maml", stand_in)
+    overrides = ["ways=2", "queries=1", "meta_batch=2", "inner_steps=1", "image_size=16", "filters=4",
+                 "min_seconds=0", "matmul_size=64", "task_chunks=0"]
+    results = run_experiment("bench-fewshot", str(tmp_path / "bench"), overrides, progress=False)
+    torch_row, jmeta_row = results["torch_loop"]["maml 1 step"], results["jmeta"]["maml 1 step"]
+    assert torch_row["device"] == "stand-in" and torch_row["timed_steps"] == len(calls) - 1 >= 3
+    assert torch_row["seconds_per_step"] >= 0.01 and jmeta_row["timed_steps"] >= 3
+    assert jmeta_row["seconds_min"] != torch_row["seconds_min"]  # timed separately, not one row twice
+    assert jmeta_row["over_torch_loop"] == pytest.approx(torch_row["seconds_per_step"] / jmeta_row["seconds_per_step"])
+
+
 def test_conv3x3_matches_flax_conv():
     import flax.linen as nn
 
