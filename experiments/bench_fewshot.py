@@ -1,7 +1,7 @@
 """Benchmark of few-shot classification: conv4 MAML and prototypical networks (JSON + table).
 
 Command:  jmeta run bench-fewshot
-Runtime:  about 7 minutes on a 2-core laptop CPU (3 with ``inner_steps=1``); each row
+Runtime:  about 10 minutes on a 2-core laptop CPU (4 with ``inner_steps=1``); each row
           compiles once (10-25 s). The rows of one inner-step count, the PyTorch loop
           among them, then run in alternation, one step each per round, until every row
           has at least three timed steps and ``min_seconds`` in all; each reports its
