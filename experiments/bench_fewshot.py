@@ -98,6 +98,9 @@ NOTES = [
     "GFLOP/s; forced onto YNNPACK as cotangent.T @ patches behind optimisation barriers: 23 vs 19 ms per chunk",
     "compile of 5 inner steps: tracing and lowering 2.5-3 s, XLA 21-22 s (27,673 HLO lines against 16,369 at one "
     "step); xla_llvm_disable_expensive_passes 22.5 s, xla_cpu_parallel_codegen_split_count=2 21.5 s: no help",
+    "rejected: max_pool2x2 with a custom VJP routing each window's cotangent to its first maximum (PyTorch's "
+    "choice; JAX splits ties evenly, and blank Omniglot backgrounds tie everywhere): 1 step 1.87 -> 1.82 s, "
+    "5 steps 3.66 -> 3.46 s, but the 5-step compile 20.9 -> 29.8 s and a change of the gradient at ties",
 ]
 
 
