@@ -172,14 +172,67 @@ def conv3x3(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
 
     Equal to ``lax.conv_general_dilated`` with NHWC/HWIO and SAME padding. Stride 1 has a
     hand-written VJP (see ``_conv3x3_same``); stride 2 is left to autodiff.
+
+    A stride-1 convolution of a small batch (fewer than ``ROW_PATCH_MAX_POSITIONS`` output
+    positions: a support set) uses row patches instead: the three horizontal taps of each
+    padded row, (N, H + 2, W, 3 C), times all three kernel rows at once, (3 C, 3 F), and the
+    three row-shifted slices of that product summed. Why: XLA:CPU's fusion emitter compiles
+    the nested nine-way stack of im2col about three times slower than a three-way stack,
+    and second-order MAML has dozens of them; routing the small ones here took the 5-step
+    meta-step's XLA compile from about 24 s to 16 s with no measured change in step time.
+    Large batches keep im2col, whose single pass was 10-20% faster there.
     """
     if stride == 1:
         return _conv3x3_same(x, kernel)
     return _patches(x, stride) @ kernel.reshape((-1, kernel.shape[-1]))
 
 
+# A convolution whose batch has fewer output positions (N * H * W) than this, a support set's
+# typically, takes the row-patch path (see ``conv3x3``).
+ROW_PATCH_MAX_POSITIONS = 2048
+
+
+def _uses_row_patches(x: jax.Array) -> bool:
+    """Whether the stride-1 ``conv3x3`` of ``x`` takes the row-patch path: a small batch, more than 3 channels.
+
+    With grey or RGB input the row patches would feed a matmul of depth 9 or less.
+    """
+    return x.shape[-1] > 3 and x.shape[-4] * x.shape[-3] * x.shape[-2] < ROW_PATCH_MAX_POSITIONS
+
+
+def _row_patches(x: jax.Array) -> jax.Array:
+    """The three horizontal taps of every row of the SAME-padded ``x``: (N, H + 2, W, 3 C), (j, c) order."""
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    width = x.shape[-2]
+    taps = jnp.stack([padded[:, :, j:j + width] for j in range(3)], axis=-2)
+    return taps.reshape((*taps.shape[:-2], 3 * x.shape[-1]))
+
+
+def _row_patch_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``conv3x3(x, kernel)`` as one matmul of the row patches with all three kernel rows, then a shifted sum.
+
+    Output row y is the sum over kernel rows i of (row patches of padded row y + i) @ kernel[i].
+    """
+    height, features = x.shape[-3], kernel.shape[-1]
+    by_row = jnp.transpose(kernel, (1, 2, 0, 3)).reshape((3 * x.shape[-1], 3 * features))  # (j, c) x (i, f)
+    taps = (_row_patches(x) @ by_row).reshape((x.shape[0], height + 2, x.shape[-2], 3, features))
+    return sum(taps[:, i:i + height, :, i] for i in range(3))
+
+
+def _row_patch_kernel_grad(x: jax.Array, cotangent: jax.Array) -> jax.Array:
+    """The kernel gradient of ``_row_patch_conv``: the row patches against the cotangent shifted by each kernel row."""
+    height = x.shape[-3]
+    padded = jnp.pad(cotangent, ((0, 0), (2, 2), (0, 0), (0, 0)))
+    shifted = jnp.stack([padded[:, 2 - i:4 - i + height] for i in range(3)], axis=-2)  # (N, H + 2, W, 3, F)
+    rows = _row_patches(x)
+    grad = rows.reshape((-1, rows.shape[-1])).T @ shifted.reshape((-1, 3 * cotangent.shape[-1]))
+    return jnp.transpose(grad.reshape((3, x.shape[-1], 3, -1)), (2, 0, 1, 3))
+
+
 @jax.custom_vjp
 def _conv3x3_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    if _uses_row_patches(x):
+        return _row_patch_conv(x, kernel)
     return _patches(x, 1) @ kernel.reshape((-1, kernel.shape[-1]))
 
 
@@ -205,6 +258,8 @@ def _flip(kernel: jax.Array) -> jax.Array:
 @jax.custom_vjp
 def _conv3x3_kernel_grad(x: jax.Array, cotangent: jax.Array) -> jax.Array:
     """The kernel gradient of ``conv3x3(x, kernel)`` for an output cotangent: ``patches.T @ cotangent``."""
+    if _uses_row_patches(x):
+        return _row_patch_kernel_grad(x, cotangent)
     patches = _patches(x, 1).reshape((-1, 9 * x.shape[-1]))
     return (patches.T @ cotangent.reshape((-1, cotangent.shape[-1]))).reshape((3, 3, x.shape[-1], -1))
 

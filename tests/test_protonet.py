@@ -124,15 +124,19 @@ def test_conv3x3_matches_flax_conv():
         np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_conv3x3_derivatives_to_third_order_match_lax_conv(x64, stride):
+@pytest.mark.parametrize("stride, max_row_patch_positions", [(1, 0), (1, 10_000), (2, 0)], ids=["im2col", "row-patches", "stride-2"])
+def test_conv3x3_derivatives_to_third_order_match_lax_conv(x64, monkeypatch, stride, max_row_patch_positions):
     # Float64 at a small shape: the hand-written VJPs of the stride-1 convolution (and of its
     # kernel gradient) must agree with lax.conv's autodiff to the first, the second (as
-    # second-order MAML needs) and the third order.
+    # second-order MAML needs) and the third order, on the im2col and the row-patch path.
+    from jmeta import models
     from jmeta.models import conv3x3
+
+    monkeypatch.setattr(models, "ROW_PATCH_MAX_POSITIONS", max_row_patch_positions)
 
     x = jax.random.normal(jax.random.key(0), (3, 7, 8, 4), jnp.float64)
     kernel = jax.random.normal(jax.random.key(1), (3, 3, 4, 5), jnp.float64)
+    assert models._uses_row_patches(x) == (max_row_patch_positions > 3 * 7 * 8)
 
     def reference(x, kernel):
         return jax.lax.conv_general_dilated(x, kernel, (stride, stride), "SAME",
