@@ -179,7 +179,7 @@ def conv3x3(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     three row-shifted slices of that product summed. Why: XLA:CPU's fusion emitter compiles
     the nested nine-way stack of im2col about three times slower than a three-way stack,
     and second-order MAML has dozens of them; routing the small ones here took the 5-step
-    meta-step's XLA compile from about 24 s to 16 s with no measured change in step time.
+    meta-step's XLA compile from about 24 s to 15-17 s with no measured change in step time.
     Large batches keep im2col, whose single pass was 10-20% faster there.
     """
     if stride == 1:
