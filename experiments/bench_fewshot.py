@@ -108,9 +108,10 @@ NOTES = [
     "14.7 s on both cores. im2col's nested nine-way stack is the costly kernel: about 170 KB of optimised LLVM IR "
     "whatever its shape ((2, 45, 576) as (2, 14700, 576)); 37 of them were 4.8 of the program's 15.3 MB",
     "small convolutions (under 2048 output positions per task: every support-set convolution and the query's "
-    "3x3 layer) as row patches (N, H+2, W, 3C) times all three kernel rows (3C, 3F) and a shifted sum: a three-way "
-    "stack, compiled about 3x faster. Lowering and XLA compile 24.3 -> 14.9 s at 5 steps (XLA alone 12.3 -> 9.7 s at 1); step "
-    "time unchanged (5 steps 3.61 / 3.53 s, 1 step 2.03 / 2.00 s, medians of alternating runs); three separate "
+    "3x3 layer) as row patches (N, H+2, W, 3C) times all three kernel rows (3C, 3F) and a shifted sum: a "
+    "three-way stack, compiled about 3x faster. Lowering and XLA compile 24.3 -> 14.9 s at 5 steps (XLA alone "
+    "12.3 -> 9.7 s at 1); step time unchanged (5 steps 3.61 / 3.53 s, 1 step 2.03 / 2.00 s, medians of "
+    "alternating runs); three separate "
     "K=3C matmuls instead of one: the same. Up to 4096 positions (adding the query's 7x7 layer): 0.6-1.4 s "
     "less compile, step within noise (3.32 / 3.40 s at 5 steps); kept at 2048",
     "rejected for compile time: im2col built in two stages (a three-way stack of columns, then one of rows): "
