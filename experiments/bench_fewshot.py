@@ -120,21 +120,21 @@ NOTES = [
     "faster as one im2col pass); XLA's older loop emitters (xla_cpu_use_fusion_emitters=False): 5-step compile "
     "10-12 s but the step 8-27% slower (im2col stacks 2-3x slower there); xla_cpu_opt_preset=FAST_COMPILE: "
     "compile 22 s, step 5.2 s",
-    "rejected, 2026-11-27 (compile times on this VM moved from 12 to 18 s for the same 5-step program within the "
-    "hour, so compile pairs ran in one process; medians of alternating steps): a hand-written VJP for batch "
-    "norm's mean and variance (drops autodiff's zero-valued reduction): 5-step compile 15.4 / 15.8 s, step 3.46 / "
-    "3.45 s; remat='step' (jax.checkpoint on each inner step): compile 12.5 / 12.5 s, step 3.32 -> 3.52 s; every "
-    "input-gradient convolution as row patches: kernel IR 11.25 -> 11.01 MB, step 2.23 / 2.22 s at 1 step, 3.79 -> "
-    "3.96 s at 5; the first block's patches in window-major order so that pooling reduces a leading axis: step "
-    "2.19 -> 3.19 s (YNNPACK's fused reduction over that axis took 0.7 s); max-pooling as the maximum of four "
+    "rejected, 2026-11-27 (compile: XLA alone, which moved from 12 to 18 s for the same 5-step program within the "
+    "hour on this VM, so pairs compiled in one process; steps: medians of alternating runs): a hand-written VJP "
+    "for batch norm's mean and variance (drops autodiff's zero-valued reduction): 5-step compile 15.4 / 15.8 s, step "
+    "3.46 / 3.45 s; remat='step' (jax.checkpoint on each inner step): compile 12.5 / 12.5 s, step 3.32 -> 3.52 s; "
+    "every input-gradient convolution as row patches: kernel IR 11.25 -> 11.01 MB, step 2.23 / 2.22 s at 1 step, "
+    "3.79 -> 3.96 s at 5; the first block's patches in window-major order so that pooling reduces a leading axis: "
+    "step 2.19 -> 3.19 s (YNNPACK's fused reduction over that axis took 0.7 s); max-pooling as the maximum of four "
     "strided corners with an even-split custom JVP: 2.16 -> 2.21 s, compile +1.4 s; YNNPACK for dots only "
-    "(xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT, reductions back on XLA's "
-    "emitters): 2.13 -> 2.42 s; YNNPACK's elementwise fusions added to its dots and reductions: 1-step compile "
-    "9.8 / 9.6 s, step 2.28 -> 2.36 s; xla_cpu_prefer_vector_width=128: compile 12.8 -> 15.4 s; threefry's unrolled "
+    "(xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT, reductions back on XLA's emitters): "
+    "2.13 -> 2.42 s; YNNPACK's elementwise fusions added to its dots and reductions: 1-step compile 9.8 / 9.6 s, "
+    "step 2.28 -> 2.36 s; xla_cpu_prefer_vector_width=128: 5-step compile 12.8 -> 15.4 s; threefry's unrolled "
     "lowering on CPU: the sampler alone compiles in 1.8-2.1 s against 1.5-1.75 s rolled",
     "not adopted: the episode sampler drawing all its bits at once (one random.bits call, top_k for the classes "
-    "and examples, argsort for the labels) compiles in 0.47 s against 1.3 s for today's, whose 37 random-number "
-    "kernels are about a fifth of the 5-step program's LLVM IR; but it changes every episode a seed draws, and "
+    "and examples, argsort for the labels) compiles in 0.47 s against 1.3 s for today's, whose random-number "
+    "kernels are 2.1 of the 5-step program's 11.25 MB of LLVM IR; but it changes every episode a seed draws, and "
     "with it the recorded Omniglot results",
 ]
 
