@@ -108,7 +108,7 @@ def train_model(config: Training, run: RunDir, method: str, ways: int, data: Cla
         learner = conv4_learner(key, shape, ways=ways, filters=config.filters, strided=True)
         meta_learner = make_meta_learner(learner, algorithms.algorithm_config(
             method, loss="ce", num_inner_steps=config.maml_steps, inner_lr=config.maml_inner_lr,
-            task_chunk=config.task_chunk))
+            task_chunk=config.task_chunk, peel_first_step=False))  # several conv4 steps compile faster in one scan
         sampler = make_episode_sampler(data.images, ways, config.train_shots, config.queries, rotations=True)
         batch, steps = config.maml_meta_batch, config.maml_num_steps
     meta_step = make_meta_step(meta_learner, sampler, batch, default_optimizer(config.outer_lr))

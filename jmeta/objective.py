@@ -60,6 +60,11 @@ class MetaLearnerConfig:
       task_chunk: ``0`` vmaps over all tasks at once; ``k > 0`` vmaps ``k`` tasks at a
         time and runs the chunks in sequence (``lax.map``). Same results; on CPU, chunks
         of conv-net tasks are faster because their activations stay in cache.
+      peel_first_step: with several inner steps, run the first outside the ``lax.scan``
+        of the others, where its products are shared across tasks (faster steps for
+        small models: sinusoid MAML with 2 steps 29% faster on CPU). ``False`` puts every
+        step in the scan and halves the inner loop that XLA compiles (conv4 MAML with 5
+        steps: 2.6-3.6 s less compile, same step time). Same results either way.
     """
 
     num_inner_steps: int = 1
@@ -72,6 +77,7 @@ class MetaLearnerConfig:
     remat: str = "none"
     freeze: tuple[str, ...] = ()
     task_chunk: int = 0
+    peel_first_step: bool = True
 
     def __post_init__(self):
         check_non_negative_int("task_chunk", self.task_chunk)
@@ -83,6 +89,8 @@ class MetaLearnerConfig:
         check_choice("remat", self.remat, REMAT_KINDS)
         check_choice("loss", self.loss, LOSSES)
         check_choice("activation", self.activation, ACTIVATIONS)
+        if not isinstance(self.peel_first_step, bool):
+            raise ValueError(f"peel_first_step must be True or False, got {self.peel_first_step!r}")
         if isinstance(self.freeze, str):
             raise ValueError(f"freeze must be a tuple of path prefixes, got the string {self.freeze!r}")
 
@@ -198,7 +206,8 @@ def make_meta_learner(learners: Learner | tuple[Learner, ...] | list[Learner],
     loss_fn = get_loss(config.loss)
     adapt_all = make_adapt(learners, loss_fn, config.inner_rate,
                            first_order=config.meta_gradient == "first_order", remat=config.remat,
-                           fixed_lr=config.inner_lr if config.inner_rate == "fixed" else None)
+                           fixed_lr=config.inner_lr if config.inner_rate == "fixed" else None,
+                           peel_first_step=config.peel_first_step)
     frozen_prefixes = tuple(config.freeze)
     if config.inner_rate == "fixed":
         frozen_prefixes += ("inner_lr",)

@@ -71,6 +71,22 @@ def test_checkpointing_inner_steps_changes_no_value(algorithm):
     chex.assert_trees_all_close(results["none"], results["rollout"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("algorithm", ["maml", "metasgd", "fomaml"])
+def test_peeling_the_first_inner_step_changes_no_value(algorithm):
+    tasks = sinusoid_tasks()
+    results = {}
+    for peel in (True, False):
+        meta_learner = jmeta.make_meta_learner(
+            small_mlp(), jmeta.algorithm_config(algorithm, num_inner_steps=3, peel_first_step=peel))
+        meta_params = meta_learner.init()
+        results[peel] = (jax.jit(meta_learner.meta_grad)(meta_params, tasks), meta_learner.evaluate(meta_params, tasks, 3))
+        jaxpr = jax.make_jaxpr(lambda task: meta_learner.adapt(meta_params, task.support))(
+            jax.tree_util.tree_map(lambda leaf: leaf[0], tasks))
+        # Peeled: one step outside a scan of the other two; unpeeled: a scan of all three.
+        assert [eqn.params["length"] for eqn in jaxpr.eqns if eqn.primitive.name == "scan"] == [2 if peel else 3]
+    chex.assert_trees_all_close(results[True], results[False], rtol=1e-5, atol=1e-6)
+
+
 def test_inner_loss_does_not_rise_after_a_small_step():
     meta_learner = jmeta.make_meta_learner(small_mlp(), jmeta.MetaLearnerConfig(num_inner_steps=3, inner_lr=1e-3))
     tasks = sinusoid_tasks(num_tasks=16)

@@ -60,6 +60,8 @@ def test_unknown_names():
         jmeta.MetaLearnerConfig(inner_lr=-0.1)
     with pytest.raises(ValueError, match="task_chunk must be a non-negative integer, got -2"):
         jmeta.MetaLearnerConfig(task_chunk=-2)
+    with pytest.raises(ValueError, match="peel_first_step must be True or False, got 'no'"):
+        jmeta.MetaLearnerConfig(peel_first_step="no")
 
 
 def test_bad_learners_and_samplers():
