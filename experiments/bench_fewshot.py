@@ -193,6 +193,18 @@ def _matmul_peak(size: int) -> float:
     return 2 * size**3 * calls / (time.perf_counter() - start)
 
 
+def _inner_loop_flops(build: Callable[[int], object], steps: int, sampler, config: Config) -> float:
+    """XLA's FLOP count of a meta-step with ``steps`` inner steps; ``build(steps)`` gives the
+    unchunked meta-learner with the first step peeled.
+
+    XLA counts a loop's body once, not once per iteration, so the count of the program itself
+    misses steps. The 1-step program has no loop and the 2-step one a loop of one iteration, so
+    both are counted exactly, and each further step costs what the second did.
+    """
+    one = _flops(build(1), sampler, config)
+    return one if steps == 1 else one + (steps - 1) * (_flops(build(2), sampler, config) - one)
+
+
 def _flops(meta_learner, sampler, config: Config) -> float:
     """XLA's FLOP count of one meta-step, from the unchunked program (a ``lax.map`` over
     chunks is counted once, not once per chunk, so chunked programs under-report)."""
@@ -328,11 +340,11 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
             learner = conv4_learner(key, shape, ways=config.ways, filters=config.filters, strided=config.strided,
                                     conv=conv)
             for algorithm in ("maml", "fomaml"):
-                def build(chunk):
+                def build(chunk, inner_steps=steps, peel=config.peel_first_step):
                     return make_meta_learner(learner, algorithms.algorithm_config(
-                        algorithm, loss="ce", num_inner_steps=steps, inner_lr=0.4, task_chunk=chunk,
-                        peel_first_step=config.peel_first_step))
-                flops = _flops(build(0), sampler, config)
+                        algorithm, loss="ce", num_inner_steps=inner_steps, inner_lr=0.4, task_chunk=chunk,
+                        peel_first_step=peel))
+                flops = _inner_loop_flops(lambda inner_steps: build(0, inner_steps, True), steps, sampler, config)
                 for chunk in config.task_chunks:
                     group[f"{algorithm} {_steps(steps)}{_label(conv, chunk)}"] = (
                         *_compiled_step(build(chunk), sampler, config), flops)
