@@ -154,9 +154,10 @@ def make_adapt(learners: tuple[Learner, ...], loss_fn: LossFn, inner_rate: str, 
         # The first step is peeled off the scan: under vmap the initial weights are shared by
         # all tasks, so its forward and backward passes are single large matmuls; inside the
         # scan the carry is per task from the start and they become per-task batched ones
-        # (sinusoid MAML at meta-batch 1024 on CPU: 2x slower at 1 step, 29% at 2, 6% at 5).
-        # The price is a second copy of the step for XLA to compile: for conv4 MAML with 5
-        # steps 2.6-3.6 s of a 14-19 s compile, for no measurable gain in its step time.
+        # (sinusoid MAML at meta-batch 1024 on CPU: one step in a scan ran 2x slower; all of 2
+        # steps in the scan 29% slower, of 5 steps 6%). The price is a second copy of the step
+        # for XLA to compile: for conv4 MAML with 5 steps 1.3-3.6 s of a 14-19 s compile, for
+        # no measurable gain in its step time.
         params, first = body(tuple(learner_params), jnp.asarray(0))
         traces = [jax.tree_util.tree_map(lambda leaf: leaf[None], first)]
         if num_steps > 1:
