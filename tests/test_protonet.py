@@ -1,5 +1,8 @@
 """Conv4 and prototypical networks; MAML on classification through the same core."""
 
+import shutil
+import sys
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -101,6 +104,11 @@ def test_fewshot_benchmark_alternates_jmeta_rows_with_the_pytorch_loop(tmp_path,
     def stand_in(config, inner_steps):
         return (lambda: (calls.append(inner_steps), time.sleep(0.01))), {"device": "stand-in"}
     monkeypatch.setattr(bench_fewshot, "_torch_maml", stand_in)
+    # learn2learn's MAML gets a row of its own in the same rounds when it loads.
+    learn2learn_calls = []
+    monkeypatch.setattr(bench_fewshot, "load_maml", lambda source: object)
+    monkeypatch.setattr(bench_fewshot, "_learn2learn_maml", lambda config, inner_steps, maml_class: (
+        (lambda: (learn2learn_calls.append(maml_class), time.sleep(0.02))), {"device": "learn2learn stand-in"}))
     overrides = ["ways=2", "queries=1", "meta_batch=2", "inner_steps=1", "image_size=16", "filters=4",
                  "min_seconds=0", "matmul_size=64", "task_chunks=0"]
     results = run_experiment("bench-fewshot", str(tmp_path / "bench"), overrides, progress=False)
@@ -109,6 +117,50 @@ def test_fewshot_benchmark_alternates_jmeta_rows_with_the_pytorch_loop(tmp_path,
     assert torch_row["seconds_per_step"] >= 0.01 and jmeta_row["timed_steps"] >= 3
     assert jmeta_row["seconds_min"] != torch_row["seconds_min"]  # timed separately, not one row twice
     assert jmeta_row["over_torch_loop"] == pytest.approx(torch_row["seconds_per_step"] / jmeta_row["seconds_per_step"])
+    learn2learn_row = results["learn2learn"]["maml 1 step"]
+    assert learn2learn_row["device"] == "learn2learn stand-in" and learn2learn_row["seconds_per_step"] >= 0.02
+    assert learn2learn_row["timed_steps"] == len(learn2learn_calls) - 1 and set(learn2learn_calls) == {object}
+    assert jmeta_row["over_learn2learn"] == pytest.approx(
+        learn2learn_row["seconds_per_step"] / jmeta_row["seconds_per_step"])
+    assert "learn2learn, maml 1 step" in (tmp_path / "bench" / "bench_fewshot.md").read_text()
+
+
+@pytest.fixture
+def fake_learn2learn(tmp_path):
+    """A learn2learn source tree in the sdist's layout whose package ``__init__`` files refuse to run."""
+    root = tmp_path / "learn2learn-0.2.0"
+    package = root / "learn2learn"
+    for folder in (package / "algorithms", package / "utils"):
+        folder.mkdir(parents=True)
+    refuse = "raise ImportError('the package __init__ must not run')\n"
+    (package / "__init__.py").write_text(refuse)
+    (package / "algorithms" / "__init__.py").write_text(refuse)
+    (package / "algorithms" / "maml.py").write_text("from learn2learn.utils import origin\n\nclass MAML:\n"
+                                                    "    origin = origin\n")
+    (package / "utils" / "__init__.py").write_text("origin = 'the fake source tree'\n")
+    yield root
+    for name in [name for name in sys.modules if name == "learn2learn" or name.startswith("learn2learn.")]:
+        del sys.modules[name]
+
+
+def test_learn2learn_maml_loads_from_its_source_without_the_package_init(fake_learn2learn):
+    from jmeta.experiments._learn2learn import load_maml
+
+    for source in (fake_learn2learn, fake_learn2learn / "learn2learn"):  # the sdist or its package folder
+        assert load_maml(str(source)).origin == "the fake source tree"
+
+
+def test_learn2learn_source_errors(tmp_path, fake_learn2learn):
+    from jmeta.experiments._learn2learn import load_maml
+
+    with pytest.raises(ValueError, match=r"learn2learn must be a learn2learn source folder.*got '.*nowhere'"):
+        load_maml(str(tmp_path / "nowhere"))
+    load_maml(str(fake_learn2learn))
+    other = tmp_path / "other"
+    (other / "learn2learn").mkdir(parents=True)
+    shutil.copytree(fake_learn2learn / "learn2learn", other / "learn2learn", dirs_exist_ok=True)
+    with pytest.raises(ValueError, match="already imported from"):
+        load_maml(str(other))
 
 
 def test_conv3x3_matches_flax_conv():
