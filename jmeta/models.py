@@ -6,6 +6,7 @@ The core never holds a Module; it sees ``apply_fn(params, x)`` and a params pytr
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -167,7 +168,7 @@ def _patches(x: jax.Array, stride: int) -> jax.Array:
     return jnp.stack(rows, axis=-3).reshape((*x.shape[:-3], out_height, out_width, 9 * x.shape[-1]))
 
 
-def conv3x3(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+def conv3x3(x: jax.Array, kernel: jax.Array, stride: int = 1, *, keep_patches: bool = False) -> jax.Array:
     """SAME 3x3 convolution of ``x`` (N, H, W, C) with ``kernel`` (3, 3, C, F), as one matmul.
 
     Equal to ``lax.conv_general_dilated`` with NHWC/HWIO and SAME padding. Stride 1 has a
@@ -183,7 +184,7 @@ def conv3x3(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     Large batches keep im2col, whose single pass was 10-20% faster there.
     """
     if stride == 1:
-        return _conv3x3_same(x, kernel)
+        return _conv3x3_same(x, kernel, keep_patches)
     return _patches(x, stride) @ kernel.reshape((-1, kernel.shape[-1]))
 
 
@@ -208,46 +209,65 @@ def _row_patches(x: jax.Array) -> jax.Array:
     return taps.reshape((*taps.shape[:-2], 3 * x.shape[-1]))
 
 
-def _row_patch_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``conv3x3(x, kernel)`` as one matmul of the row patches with all three kernel rows, then a shifted sum.
+def _row_patch_conv(x: jax.Array, rows: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``conv3x3(x, kernel)`` as one matmul of the row patches ``rows`` of ``x`` with all three kernel rows,
+    then a shifted sum.
 
     Output row y is the sum over kernel rows i of (row patches of padded row y + i) @ kernel[i].
     """
     height, features = x.shape[-3], kernel.shape[-1]
     by_row = jnp.transpose(kernel, (1, 2, 0, 3)).reshape((3 * x.shape[-1], 3 * features))  # (j, c) x (i, f)
-    taps = (_row_patches(x) @ by_row).reshape((x.shape[0], height + 2, x.shape[-2], 3, features))
+    taps = (rows @ by_row).reshape((x.shape[0], height + 2, x.shape[-2], 3, features))
     return sum(taps[:, i:i + height, :, i] for i in range(3))
 
 
-def _row_patch_kernel_grad(x: jax.Array, cotangent: jax.Array) -> jax.Array:
+def _row_patch_kernel_grad(x: jax.Array, rows: jax.Array, cotangent: jax.Array) -> jax.Array:
     """The kernel gradient of ``_row_patch_conv``: the row patches against the cotangent shifted by each kernel row."""
     height = x.shape[-3]
     padded = jnp.pad(cotangent, ((0, 0), (2, 2), (0, 0), (0, 0)))
     shifted = jnp.stack([padded[:, 2 - i:4 - i + height] for i in range(3)], axis=-2)  # (N, H + 2, W, 3, F)
-    rows = _row_patches(x)
     grad = rows.reshape((-1, rows.shape[-1])).T @ shifted.reshape((-1, 3 * cotangent.shape[-1]))
     return jnp.transpose(grad.reshape((3, x.shape[-1], 3, -1)), (2, 0, 1, 3))
 
 
-@jax.custom_vjp
-def _conv3x3_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def _columns(x: jax.Array) -> jax.Array:
+    """What the stride-1 ``conv3x3`` of ``x`` multiplies its kernel with: row patches or im2col patches."""
+    return _row_patches(x) if _uses_row_patches(x) else _patches(x, 1)
+
+
+def _conv_from_columns(x: jax.Array, columns: jax.Array, kernel: jax.Array) -> jax.Array:
     if _uses_row_patches(x):
-        return _row_patch_conv(x, kernel)
-    return _patches(x, 1) @ kernel.reshape((-1, kernel.shape[-1]))
+        return _row_patch_conv(x, columns, kernel)
+    return columns @ kernel.reshape((-1, kernel.shape[-1]))
 
 
-def _conv3x3_same_forward(x, kernel):
-    return _conv3x3_same(x, kernel), (x, kernel)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv3x3_same(x: jax.Array, kernel: jax.Array, keep_patches: bool = False) -> jax.Array:
+    return _conv_from_columns(x, _columns(x), kernel)
 
 
-def _conv3x3_same_backward(residuals, cotangent):
+def _conv3x3_same_forward(x, kernel, keep_patches=False):
+    # With ``keep_patches`` the kernel gradient takes the forward's im2col patches as a
+    # residual kept behind an optimisation barrier. Under vmap with weights shared by all
+    # tasks (prototypical networks) the forward matmul folds the tasks into its rows, and
+    # XLA built the backward's recomputed patches a second time in the per-task shape (the
+    # 14x14 layer's im2col twice: protonet step 2.29 -> 1.96 s). With per-task weights
+    # (MAML) XLA already shares one pass between the two, and the residual only made the
+    # 5-step program's kernel IR 6% larger, so there the backward recomputes them.
+    if keep_patches and not _uses_row_patches(x):
+        columns = jax.lax.optimization_barrier(_columns(x))
+        return _conv_from_columns(x, columns, kernel), (x, columns, kernel)
+    return _conv3x3_same(x, kernel), (x, None, kernel)
+
+
+def _conv3x3_same_backward(keep_patches, residuals, cotangent):
     # Autodiff would pull the cotangent back through the patches as (M, F) @ (F, 9 C) and a
     # scatter-add of nine slices; XLA:CPU runs that matmul shape at under half the speed of
     # the forward one. The input gradient of a stride-1 SAME convolution is itself such a
     # convolution, of the cotangent with the flipped, transposed kernel, so it reuses the
     # fast path (and stays differentiable through this rule for second-order MAML).
-    x, kernel = residuals
-    return _conv3x3_same(cotangent, _flip(kernel)), _conv3x3_kernel_grad(x, cotangent)
+    x, columns, kernel = residuals
+    return _conv3x3_same(cotangent, _flip(kernel)), _conv3x3_kernel_grad(x, columns, cotangent)
 
 
 def _flip(kernel: jax.Array) -> jax.Array:
@@ -256,25 +276,32 @@ def _flip(kernel: jax.Array) -> jax.Array:
 
 
 @jax.custom_vjp
-def _conv3x3_kernel_grad(x: jax.Array, cotangent: jax.Array) -> jax.Array:
-    """The kernel gradient of ``conv3x3(x, kernel)`` for an output cotangent: ``patches.T @ cotangent``."""
+def _conv3x3_kernel_grad(x: jax.Array, columns: jax.Array | None, cotangent: jax.Array) -> jax.Array:
+    """The kernel gradient of ``conv3x3(x, kernel)`` for an output cotangent: ``patches.T @ cotangent``.
+
+    ``columns`` is ``_columns(x)`` computed already, or None to compute it here. It is a
+    cache of a function of ``x``: the gradient with respect to ``x`` counts the path through it.
+    """
+    if columns is None:
+        columns = _columns(x)
     if _uses_row_patches(x):
-        return _row_patch_kernel_grad(x, cotangent)
-    patches = _patches(x, 1).reshape((-1, 9 * x.shape[-1]))
+        return _row_patch_kernel_grad(x, columns, cotangent)
+    patches = columns.reshape((-1, 9 * x.shape[-1]))
     return (patches.T @ cotangent.reshape((-1, cotangent.shape[-1]))).reshape((3, 3, x.shape[-1], -1))
 
 
-def _conv3x3_kernel_grad_forward(x, cotangent):
-    return _conv3x3_kernel_grad(x, cotangent), (x, cotangent)
+def _conv3x3_kernel_grad_forward(x, columns, cotangent):
+    return _conv3x3_kernel_grad(x, columns, cotangent), (x, cotangent)
 
 
 def _conv3x3_kernel_grad_backward(residuals, kernel_cotangent):
     # The kernel gradient is bilinear in (x, cotangent); both of its own gradients are
     # stride-1 SAME convolutions. Second-order MAML differentiates it once per inner step,
     # and autodiff's version transposed the patch matrix and scattered it back through
-    # nine slices.
+    # nine slices. ``columns`` gets no cotangent of its own (None: a symbolic zero), as
+    # the one of ``x`` already holds the whole derivative.
     x, cotangent = residuals
-    return _conv3x3_same(cotangent, _flip(kernel_cotangent)), _conv3x3_same(x, kernel_cotangent)
+    return _conv3x3_same(cotangent, _flip(kernel_cotangent)), None, _conv3x3_same(x, kernel_cotangent)
 
 
 _conv3x3_kernel_grad.defvjp(_conv3x3_kernel_grad_forward, _conv3x3_kernel_grad_backward)
@@ -306,13 +333,17 @@ class Conv3x3(nn.Module):
     features: int
     stride: int = 1
     conv: str = "im2col"
+    keep_patches: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        convolve = lax_conv3x3 if self.conv == "xla" else conv3x3
-        return convolve(x, kernel, self.stride) + bias.reshape((1, 1, 1, -1))
+        if self.conv == "xla":
+            out = lax_conv3x3(x, kernel, self.stride)
+        else:
+            out = conv3x3(x, kernel, self.stride, keep_patches=self.keep_patches)
+        return out + bias.reshape((1, 1, 1, -1))
 
 
 def max_pool2x2(x: jax.Array) -> jax.Array:
@@ -327,7 +358,7 @@ def max_pool2x2(x: jax.Array) -> jax.Array:
 
 
 def conv_norm_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, scale: jax.Array, norm_bias: jax.Array,
-                        epsilon: float = 1e-5) -> jax.Array:
+                        epsilon: float = 1e-5, *, keep_patches: bool = False) -> jax.Array:
     """``TaskBatchNorm(relu_pool=True)`` of ``conv3x3(x, kernel) + bias`` for inputs with few channels.
 
     The batch statistics of the convolution's output are computed from the mean and
@@ -352,7 +383,7 @@ def conv_norm_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, scale:
     # conv3x3 rather than ``patches @ ...``: its VJP forms the kernel gradient as
     # ``patches.T @ cotangent``; autodiff's own transpose made XLA copy the full-resolution
     # cotangent into a transposed layout first (0.6 s per MAML step).
-    pooled = max_pool2x2(conv3x3(x, kernel * sign.reshape(shape))) + (bias * sign).reshape(shape)
+    pooled = max_pool2x2(conv3x3(x, kernel * sign.reshape(shape), keep_patches=keep_patches)) + (bias * sign).reshape(shape)
     return nn.relu(pooled * (multiplier * sign).reshape(shape) + offset.reshape(shape))
 
 
@@ -374,13 +405,15 @@ class Conv4(nn.Module):
     (prototypical networks). The pooled blocks compute the same function in a cheaper
     order on CPU (``TaskBatchNorm(relu_pool=True)``; the first block ``conv_norm_relu_pool``); parameter
     names and shapes are those of ``Conv3x3`` and ``TaskBatchNorm`` in every block. ``conv``
-    is passed to ``Conv3x3`` (``"im2col"`` or ``"xla"``); it changes no parameter.
+    is passed to ``Conv3x3`` (``"im2col"`` or ``"xla"``), and ``keep_patches`` to every
+    im2col convolution (see ``_conv3x3_same_forward``); neither changes a parameter or a value.
     """
 
     ways: int = 5
     filters: int = 64
     strided: bool = False
     conv: str = "im2col"
+    keep_patches: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -391,12 +424,13 @@ class Conv4(nn.Module):
                 norm = self.param("norm_0", lambda _: {"scale": jnp.ones((self.filters,)),
                                                        "bias": jnp.zeros((self.filters,))})
                 if self.conv == "im2col":
-                    x = conv_norm_relu_pool(x, conv["kernel"], conv["bias"], norm["scale"], norm["bias"])
+                    x = conv_norm_relu_pool(x, conv["kernel"], conv["bias"], norm["scale"], norm["bias"],
+                                            keep_patches=self.keep_patches)
                 else:
                     x = lax_conv3x3(x, conv["kernel"]) + conv["bias"].reshape((1, 1, 1, -1))
                     x = norm_relu_pool(x, norm["scale"], norm["bias"])
                 continue
-            x = Conv3x3(self.filters, 2 if self.strided else 1, self.conv, name=f"conv_{block}")(x)
+            x = Conv3x3(self.filters, 2 if self.strided else 1, self.conv, self.keep_patches, name=f"conv_{block}")(x)
             if self.strided:
                 x = nn.relu(TaskBatchNorm(name=f"norm_{block}")(x))
             else:
@@ -408,17 +442,26 @@ class Conv4(nn.Module):
 
 
 def conv4_learner(key: jax.Array, image_shape: Sequence[int] = (28, 28, 1), ways: int = 5, filters: int = 64,
-                  *, strided: bool = False, conv: str = "im2col", adapt: str = "all", name: str = "conv4") -> Learner:
+                  *, strided: bool = False, conv: str = "im2col", keep_patches: bool | None = None, adapt: str = "all",
+                  name: str = "conv4") -> Learner:
     """Conv4 as a base learner; ``ways=0`` gives the embedding network of prototypical networks.
 
     ``conv`` picks how each 3x3 convolution is computed, with the same parameters and
     outputs: ``"im2col"`` (one matmul; the fast path on CPU) or ``"xla"`` (``lax.conv``).
+    ``keep_patches`` keeps each im2col convolution's patches for its kernel gradient behind
+    an optimisation barrier: faster where all tasks share the weights (prototypical
+    networks), only longer to compile where each task adapts its own (MAML). ``None``
+    turns it on for the embedding network (``ways=0``). It changes no value.
     """
     check_choice("conv", conv, CONV_IMPLEMENTATIONS)
+    if keep_patches is None:
+        keep_patches = ways == 0
+    elif not isinstance(keep_patches, bool):
+        raise ValueError(f"keep_patches must be True, False or None, got {keep_patches!r}")
     if ways != 0:
         check_positive_int("ways", ways)
     if not strided and min(image_shape[:2]) < 16:
         raise ValueError(f"conv4 with max-pooling halves the image four times and needs at least 16x16 images, "
                          f"got image_shape {tuple(image_shape)}; use strided=True or larger images")
-    module = Conv4(ways, check_positive_int("filters", filters), strided, conv)
+    module = Conv4(ways, check_positive_int("filters", filters), strided, conv, keep_patches)
     return make_learner(name, module, key, jnp.zeros((2, *image_shape), jnp.float32), adapt=adapt)

@@ -176,11 +176,15 @@ def test_conv3x3_matches_flax_conv():
         np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("stride, max_row_patch_positions", [(1, 0), (1, 10_000), (2, 0)], ids=["im2col", "row-patches", "stride-2"])
-def test_conv3x3_derivatives_to_third_order_match_lax_conv(x64, monkeypatch, stride, max_row_patch_positions):
+@pytest.mark.parametrize("stride, max_row_patch_positions, keep_patches",
+                         [(1, 0, False), (1, 0, True), (1, 10_000, False), (2, 0, False)],
+                         ids=["im2col", "im2col-kept-patches", "row-patches", "stride-2"])
+def test_conv3x3_derivatives_to_third_order_match_lax_conv(x64, monkeypatch, stride, max_row_patch_positions,
+                                                           keep_patches):
     # Float64 at a small shape: the hand-written VJPs of the stride-1 convolution (and of its
     # kernel gradient) must agree with lax.conv's autodiff to the first, the second (as
-    # second-order MAML needs) and the third order, on the im2col and the row-patch path.
+    # second-order MAML needs) and the third order, on the im2col and the row-patch path,
+    # with the forward's patches recomputed in the backward pass or kept for it.
     from jmeta import models
     from jmeta.models import conv3x3
 
@@ -208,8 +212,41 @@ def test_conv3x3_derivatives_to_third_order_match_lax_conv(x64, monkeypatch, str
         return (jax.grad(loss, (0, 1))(x, kernel), jax.grad(norm, (0, 1))(x, kernel),
                 jax.grad(second_norm, (0, 1))(x, kernel))
 
-    ours = gradient_norm(lambda x, k: conv3x3(x, k, stride))
+    ours = gradient_norm(lambda x, k: conv3x3(x, k, stride, keep_patches=keep_patches))
     chex.assert_trees_all_close(ours, gradient_norm(reference), rtol=1e-9, atol=1e-9)
+
+
+def test_kept_patches_change_no_gradient_under_vmap_with_a_shared_kernel():
+    # Prototypical networks' shape of use: tasks vmapped, one kernel for all of them.
+    from jmeta.models import conv3x3
+
+    x = jax.random.normal(jax.random.key(0), (2, 3, 6, 6, 4))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
+
+    def gradients(keep_patches):
+        def loss(x, kernel):
+            out = jax.vmap(lambda task: conv3x3(task, kernel, keep_patches=keep_patches))(x)
+            return jnp.sum(jnp.tanh(out) ** 2)
+        return jax.jit(jax.grad(loss, (0, 1)))(x, kernel)
+    chex.assert_trees_all_close(gradients(True), gradients(False), rtol=1e-5, atol=1e-5)
+
+
+def test_conv4_keeps_patches_for_the_embedding_network_only():
+    x = jax.random.normal(jax.random.key(2), (3, 16, 16, 1))
+
+    def keeps_patches(learner):  # the kept patches sit behind an optimisation barrier
+        gradient = jax.grad(lambda params: jnp.sum(learner.apply_fn(params, x)))
+        return "optimization_barrier" in str(jax.make_jaxpr(gradient)(learner.params))
+
+    embedding = conv4_learner(jax.random.key(0), (16, 16, 1), ways=0)
+    recomputing = conv4_learner(jax.random.key(0), (16, 16, 1), ways=0, keep_patches=False)
+    assert keeps_patches(embedding) and not keeps_patches(recomputing)
+    assert not keeps_patches(conv4_learner(jax.random.key(0), (16, 16, 1), ways=5))
+    assert keeps_patches(conv4_learner(jax.random.key(0), (16, 16, 1), ways=5, keep_patches=True))
+    np.testing.assert_allclose(embedding.apply_fn(embedding.params, x), recomputing.apply_fn(recomputing.params, x),
+                               rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="keep_patches must be True, False or None, got 'yes'"):
+        conv4_learner(jax.random.key(0), (16, 16, 1), ways=0, keep_patches="yes")
 
 
 def test_pool_first_block_matches_normalise_relu_then_pool(x64):
