@@ -383,7 +383,8 @@ def conv_norm_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, scale:
     # conv3x3 rather than ``patches @ ...``: its VJP forms the kernel gradient as
     # ``patches.T @ cotangent``; autodiff's own transpose made XLA copy the full-resolution
     # cotangent into a transposed layout first (0.6 s per MAML step).
-    pooled = max_pool2x2(conv3x3(x, kernel * sign.reshape(shape), keep_patches=keep_patches)) + (bias * sign).reshape(shape)
+    convolved = conv3x3(x, kernel * sign.reshape(shape), keep_patches=keep_patches)
+    pooled = max_pool2x2(convolved) + (bias * sign).reshape(shape)
     return nn.relu(pooled * (multiplier * sign).reshape(shape) + offset.reshape(shape))
 
 
