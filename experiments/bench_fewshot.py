@@ -317,6 +317,20 @@ def _torch_episode(torch, config: Config, device: str):
             torch.arange(config.ways, device=device).repeat_interleave(config.queries))
 
 
+def _torch_meta_step(torch, config: Config, device: str, synchronize: Callable, optimizer,
+                     query_loss: Callable) -> Callable[[], None]:
+    """A call that runs one PyTorch meta-step and waits for it: for each task a new episode,
+    ``query_loss(support, support_y, query, query_y)`` over the meta-batch backpropagated,
+    then the optimizer's step."""
+    def call():
+        optimizer.zero_grad()
+        for _ in range(config.meta_batch):
+            (query_loss(*_torch_episode(torch, config, device)) / config.meta_batch).backward()
+        optimizer.step()
+        synchronize()
+    return call
+
+
 def _torch_maml(config: Config, inner_steps: int) -> tuple[Callable[[], None], dict] | None:
     """learn2learn-style conv4 MAML: a Python loop over tasks, autograd.grad(create_graph=True).
 
@@ -330,22 +344,17 @@ def _torch_maml(config: Config, inner_steps: int) -> tuple[Callable[[], None], d
     from torch.func import functional_call
 
     cross_entropy = torch.nn.functional.cross_entropy
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     names = [n for n, _ in model.named_parameters()]
 
-    def call():
-        optimizer.zero_grad()
-        for _ in range(config.meta_batch):
-            support, support_y, query, query_y = _torch_episode(torch, config, device)
-            params = dict(model.named_parameters())
-            for _ in range(inner_steps):
-                loss = cross_entropy(functional_call(model, params, (support,)), support_y)
-                grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-                params = {n: p - 0.4 * g for n, p, g in zip(names, params.values(), grads)}
-            (cross_entropy(functional_call(model, params, (query,)), query_y) / config.meta_batch).backward()
-        optimizer.step()
-        synchronize()
-    return call, info
+    def query_loss(support, support_y, query, query_y):
+        params = dict(model.named_parameters())
+        for _ in range(inner_steps):
+            loss = cross_entropy(functional_call(model, params, (support,)), support_y)
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+            params = {n: p - 0.4 * g for n, p, g in zip(names, params.values(), grads)}
+        return cross_entropy(functional_call(model, params, (query,)), query_y)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    return _torch_meta_step(torch, config, device, synchronize, optimizer, query_loss), info
 
 
 def _learn2learn_maml(config: Config, inner_steps: int, maml_class: type) -> tuple[Callable[[], None], dict] | None:
@@ -361,18 +370,14 @@ def _learn2learn_maml(config: Config, inner_steps: int, maml_class: type) -> tup
     torch, device, synchronize, model, info = setup
     cross_entropy = torch.nn.functional.cross_entropy
     maml = maml_class(model, lr=0.4, first_order=False)
-    optimizer = torch.optim.Adam(maml.parameters(), 1e-3)
 
-    def call():
-        optimizer.zero_grad()
-        for _ in range(config.meta_batch):
-            support, support_y, query, query_y = _torch_episode(torch, config, device)
-            learner = maml.clone()
-            for _ in range(inner_steps):
-                learner.adapt(cross_entropy(learner(support), support_y))
-            (cross_entropy(learner(query), query_y) / config.meta_batch).backward()
-        optimizer.step()
-        synchronize()
+    def query_loss(support, support_y, query, query_y):
+        learner = maml.clone()
+        for _ in range(inner_steps):
+            learner.adapt(cross_entropy(learner(support), support_y))
+        return cross_entropy(learner(query), query_y)
+    optimizer = torch.optim.Adam(maml.parameters(), 1e-3)
+    call = _torch_meta_step(torch, config, device, synchronize, optimizer, query_loss)
     return call, {**info, "learn2learn": sys.modules[maml_class.__module__].__file__}
 
 
