@@ -157,8 +157,7 @@ def test_learn2learn_source_errors(tmp_path, fake_learn2learn):
         load_maml(str(tmp_path / "nowhere"))
     load_maml(str(fake_learn2learn))
     other = tmp_path / "other"
-    (other / "learn2learn").mkdir(parents=True)
-    shutil.copytree(fake_learn2learn / "learn2learn", other / "learn2learn", dirs_exist_ok=True)
+    shutil.copytree(fake_learn2learn, other)
     with pytest.raises(ValueError, match="already imported from"):
         load_maml(str(other))
 
