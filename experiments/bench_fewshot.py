@@ -282,10 +282,24 @@ def _summary(seconds: list[float], config: Config) -> dict:
             "seconds_min": min(seconds), "seconds_max": max(seconds), "timed_steps": len(seconds)}
 
 
-def _torch_setup(config: Config):
-    """PyTorch, its device, a synchronising call and the conv4 of the PyTorch baselines; None without PyTorch.
+def _torch_episode(torch, config: Config, device: str):
+    """One random episode as PyTorch tensors: support images and labels, query images and labels."""
+    size = config.image_size
+    return (torch.randn(config.ways * config.shots, 1, size, size, device=device),
+            torch.arange(config.ways, device=device).repeat_interleave(config.shots),
+            torch.randn(config.ways * config.queries, 1, size, size, device=device),
+            torch.arange(config.ways, device=device).repeat_interleave(config.queries))
 
-    The device is CUDA when JAX runs on a GPU (and PyTorch sees one), else the CPU.
+
+def _torch_baseline(config: Config, build: Callable) -> tuple[Callable[[], None], dict] | None:
+    """A PyTorch MAML baseline on conv4: a call that runs one meta-step (and waits for it) and
+    a description, or None without PyTorch.
+
+    ``build(torch, model)`` returns ``(query_loss, trainable)``: ``query_loss(support,
+    support_y, query, query_y)`` adapts to one episode's support set and gives the query
+    loss; ``trainable`` is the module whose parameters Adam updates. A meta-step draws a new
+    episode per task and backpropagates each query loss over the meta-batch. It runs on CUDA
+    when JAX runs on a GPU (and PyTorch sees one), else on the CPU.
     """
     try:
         import torch
@@ -303,81 +317,58 @@ def _torch_setup(config: Config):
                    track_running_stats=False), nn.ReLU(), nn.MaxPool2d(2)]
         channels = config.filters
     model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(config.filters, config.ways)).to(device)
-    info = {"torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": device,
-            "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}}
-    return torch, device, synchronize, model, info
+    query_loss, trainable = build(torch, model)
+    optimizer = torch.optim.Adam(trainable.parameters(), 1e-3)
 
-
-def _torch_episode(torch, config: Config, device: str):
-    """One random episode as PyTorch tensors: support images and labels, query images and labels."""
-    size = config.image_size
-    return (torch.randn(config.ways * config.shots, 1, size, size, device=device),
-            torch.arange(config.ways, device=device).repeat_interleave(config.shots),
-            torch.randn(config.ways * config.queries, 1, size, size, device=device),
-            torch.arange(config.ways, device=device).repeat_interleave(config.queries))
-
-
-def _torch_meta_step(torch, config: Config, device: str, synchronize: Callable, optimizer,
-                     query_loss: Callable) -> Callable[[], None]:
-    """A call that runs one PyTorch meta-step and waits for it: for each task a new episode,
-    ``query_loss(support, support_y, query, query_y)`` over the meta-batch backpropagated,
-    then the optimizer's step."""
     def call():
         optimizer.zero_grad()
         for _ in range(config.meta_batch):
             (query_loss(*_torch_episode(torch, config, device)) / config.meta_batch).backward()
         optimizer.step()
         synchronize()
-    return call
+    info = {"torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": device,
+            "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}}
+    return call, info
 
 
 def _torch_maml(config: Config, inner_steps: int) -> tuple[Callable[[], None], dict] | None:
-    """learn2learn-style conv4 MAML: a Python loop over tasks, autograd.grad(create_graph=True).
+    """learn2learn-style conv4 MAML: a Python loop over tasks, autograd.grad(create_graph=True)."""
+    def build(torch, model):
+        from torch.func import functional_call
 
-    Returns a call that runs one meta-step (and waits for it) and a description, or None
-    without PyTorch.
-    """
-    setup = _torch_setup(config)
-    if setup is None:
-        return None
-    torch, device, synchronize, model, info = setup
-    from torch.func import functional_call
+        cross_entropy = torch.nn.functional.cross_entropy
+        names = [n for n, _ in model.named_parameters()]
 
-    cross_entropy = torch.nn.functional.cross_entropy
-    names = [n for n, _ in model.named_parameters()]
-
-    def query_loss(support, support_y, query, query_y):
-        params = dict(model.named_parameters())
-        for _ in range(inner_steps):
-            loss = cross_entropy(functional_call(model, params, (support,)), support_y)
-            grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-            params = {n: p - 0.4 * g for n, p, g in zip(names, params.values(), grads)}
-        return cross_entropy(functional_call(model, params, (query,)), query_y)
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    return _torch_meta_step(torch, config, device, synchronize, optimizer, query_loss), info
+        def query_loss(support, support_y, query, query_y):
+            params = dict(model.named_parameters())
+            for _ in range(inner_steps):
+                loss = cross_entropy(functional_call(model, params, (support,)), support_y)
+                grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+                params = {n: p - 0.4 * g for n, p, g in zip(names, params.values(), grads)}
+            return cross_entropy(functional_call(model, params, (query,)), query_y)
+        return query_loss, model
+    return _torch_baseline(config, build)
 
 
 def _learn2learn_maml(config: Config, inner_steps: int, maml_class: type) -> tuple[Callable[[], None], dict] | None:
     """learn2learn's own MAML on the same workload: ``maml.clone()``, ``adapt`` per inner step.
 
     ``maml_class`` is ``learn2learn.algorithms.MAML`` (see ``_learn2learn.load_maml``).
-    Returns a call that runs one meta-step (and waits for it) and a description, or None
-    without PyTorch.
     """
-    setup = _torch_setup(config)
-    if setup is None:
-        return None
-    torch, device, synchronize, model, info = setup
-    cross_entropy = torch.nn.functional.cross_entropy
-    maml = maml_class(model, lr=0.4, first_order=False)
+    def build(torch, model):
+        cross_entropy = torch.nn.functional.cross_entropy
+        maml = maml_class(model, lr=0.4, first_order=False)
 
-    def query_loss(support, support_y, query, query_y):
-        learner = maml.clone()
-        for _ in range(inner_steps):
-            learner.adapt(cross_entropy(learner(support), support_y))
-        return cross_entropy(learner(query), query_y)
-    optimizer = torch.optim.Adam(maml.parameters(), 1e-3)
-    call = _torch_meta_step(torch, config, device, synchronize, optimizer, query_loss)
+        def query_loss(support, support_y, query, query_y):
+            learner = maml.clone()
+            for _ in range(inner_steps):
+                learner.adapt(cross_entropy(learner(support), support_y))
+            return cross_entropy(learner(query), query_y)
+        return query_loss, maml
+    made = _torch_baseline(config, build)
+    if made is None:
+        return None
+    call, info = made
     return call, {**info, "learn2learn": sys.modules[maml_class.__module__].__file__}
 
 
