@@ -178,6 +178,17 @@ NOTES = [
     "and 2.16 -> 1.92 s (chunks of 2, alternating). For MAML (per-task weights, one shared pass already) the "
     "barrier gave no step change (2.06 / 2.04 s at 1 step) and 6% more kernel IR at 5 steps (483 kernels, "
     "8.94 MB -> 508, 9.46 MB), so MAML's learner recomputes them as before (the same 8.94 MB)",
+    "rejected, 2026-11-27, second session (alternating medians; 'layer alone' is 16 chunks of 2 tasks of 75 "
+    "images at 14x14x64): the convolution in blocks of 3 / 5 / 15 / 25 images (a lax.map in its forward and "
+    "in its VJP, so each block's patches stay in cache): layer alone 1043 / 1153 / 1212 / 1254 against 1121 ms "
+    "(forward and backward in one block, which a network cannot do, was 15% faster: the gain was the patches "
+    "shared with the kernel gradient while hot); the first block's convolution as nine broadcast multiply-adds "
+    "fused into the max-pool's reduction (only the pooled map written): forward 226 against 212 ms, forward and "
+    "kernel gradient by autodiff 1141 against 397 ms; the kernel gradient as (cotangent.T @ patches).T: the dot "
+    "alone 17-20 against 19-29 ms (Eigen either way), step 2.05 against 2.02 s; channels-first operands so "
+    "that YNNPACK takes the kernel gradient (patches.T row-major): kernel gradient 15.9 ms, but the forward "
+    "W.T @ patches.T 15.2 against 12.2 ms, no net change; xnn / oneDNN / ynn fusion-type options leave that dot "
+    "on Eigen",
 ]
 
 
