@@ -206,8 +206,8 @@ class Config:
     strided: bool = False
     min_seconds: float = 6.0
     matmul_size: int = 2048
-    torch_baseline: bool = True
-    learn2learn: str = ""
+    torch_baseline: bool = True  # the PyTorch loop, and an installed learn2learn that imports
+    learn2learn: str = ""  # a learn2learn source folder: its MAML as a row, whatever torch_baseline says
     peel_first_step: bool = False
     seed: int = 0
 
@@ -405,8 +405,8 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
         found = {}
         if config.torch_baseline:
             found["torch_loop"] = ("PyTorch loop", _torch_maml(config, steps))
-            if maml_class is not None:
-                found["learn2learn"] = ("learn2learn", _learn2learn_maml(config, steps, maml_class))
+        if maml_class is not None:
+            found["learn2learn"] = ("learn2learn", _learn2learn_maml(config, steps, maml_class))
         return {section: (name, *made) for section, (name, made) in found.items() if made is not None}
 
     def measure(group: dict[str, tuple], baseline_rows: dict[str, tuple] | None = None, baseline_name: str = ""):

@@ -125,6 +125,29 @@ def test_fewshot_benchmark_alternates_jmeta_rows_with_the_pytorch_loop(tmp_path,
     assert "learn2learn, maml 1 step" in (tmp_path / "bench" / "bench_fewshot.md").read_text()
 
 
+
+def test_fewshot_benchmark_times_learn2learn_from_a_source_without_the_pytorch_loop(tmp_path, monkeypatch):
+    # learn2learn=PATH asks for its row; torch_baseline=false drops only the PyTorch loop.
+    import time
+
+    from jmeta.cli import load_experiment, run_experiment
+
+    bench_fewshot = load_experiment("bench-fewshot")
+    sources = []
+    monkeypatch.setattr(bench_fewshot, "_torch_maml", lambda config, inner_steps: pytest.fail("loop not asked for"))
+    monkeypatch.setattr(bench_fewshot, "load_maml", lambda source: (sources.append(source), object)[1])
+    monkeypatch.setattr(bench_fewshot, "_learn2learn_maml", lambda config, inner_steps, maml_class: (
+        (lambda: time.sleep(0.01)), {"device": "learn2learn stand-in"}))
+    overrides = ["ways=2", "queries=1", "meta_batch=2", "inner_steps=1", "image_size=16", "filters=4",
+                 "min_seconds=0", "matmul_size=64", "task_chunks=0", "torch_baseline=false",
+                 "learn2learn=/src/learn2learn-0.2.0"]
+    results = run_experiment("bench-fewshot", str(tmp_path / "bench"), overrides, progress=False)
+    assert sources == ["/src/learn2learn-0.2.0"] and results["torch_loop"] == {}
+    learn2learn_row, jmeta_row = results["learn2learn"]["maml 1 step"], results["jmeta"]["maml 1 step"]
+    assert learn2learn_row["device"] == "learn2learn stand-in" and jmeta_row["over_torch_loop"] is None
+    assert jmeta_row["over_learn2learn"] == pytest.approx(
+        learn2learn_row["seconds_per_step"] / jmeta_row["seconds_per_step"])
+
 @pytest.fixture
 def fake_learn2learn(tmp_path):
     """A learn2learn source tree in the sdist's layout whose package ``__init__`` files refuse to run."""
