@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmeta import algorithms
-from jmeta.checkpoint import atomic_write_json
+from jmeta.checkpoint import atomic_write_json, atomic_write_text
 from jmeta.experiments._learn2learn import load_maml
 from jmeta.models import CONV_IMPLEMENTATIONS, conv4_learner
 from jmeta.objective import make_meta_learner
@@ -247,10 +247,15 @@ def _inner_loop_flops(build: Callable[[int], object], steps: int, sampler, confi
 
 def _flops(meta_learner, sampler, config: Config) -> float:
     """XLA's FLOP count of one meta-step, from the unchunked program (a ``lax.map`` over
-    chunks is counted once, not once per chunk, so chunked programs under-report)."""
+    chunks is counted once, not once per chunk, so chunked programs under-report).
+
+    The program is lowered for the CPU whatever the backend: XLA:GPU's cost analysis gives
+    no FLOP count, and the count is the program's, not the device's.
+    """
     meta_step = make_meta_step(meta_learner, sampler, config.meta_batch, default_optimizer())
-    state = meta_step.init(meta_learner.init())
-    cost = meta_step.step.lower(state, jax.random.key(config.seed)).cost_analysis() or {}
+    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                      (meta_step.init(meta_learner.init()), jax.random.key(config.seed)))
+    cost = meta_step.step.trace(*abstract).lower(lowering_platforms=("cpu",)).cost_analysis() or {}
     if isinstance(cost, (list, tuple)):  # older jax: one dict per program
         cost = cost[0] if cost else {}
     return float(cost.get("flops", float("nan")))
@@ -391,7 +396,7 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     sampler = make_episode_sampler(data, config.ways, config.shots, config.queries)
     shape = (config.image_size, config.image_size, 1)
     peak = _matmul_peak(config.matmul_size)
-    rows, results = [], {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+    results = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                                      "jax": jax.__version__, "backend": jax.default_backend(),
                                      "device": jax.devices()[0].device_kind,
                                      "matmul_flops_per_second": peak}, "config": dataclasses.asdict(config), "notes": NOTES,
@@ -409,8 +414,9 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
             found["learn2learn"] = ("learn2learn", _learn2learn_maml(config, steps, maml_class))
         return {section: (name, *made) for section, (name, made) in found.items() if made is not None}
 
-    def measure(group: dict[str, tuple], baseline_rows: dict[str, tuple] | None = None, baseline_name: str = ""):
-        """Times one group of rows in alternation; ``group`` maps a row to (call, compile s, FLOPs)."""
+    def measure(group: dict[str, tuple], baseline_rows: dict[str, tuple] | None = None, baseline_name: str = "") -> str:
+        """Times one group of rows in alternation and writes every row so far (returns their
+        table); ``group`` maps a row to (call, compile s, FLOPs)."""
         baseline_rows = baseline_rows or {}
         calls = {name: call for name, (call, _, _) in group.items()}
         # Their own keys: "maml 1 step" also names a jmeta row.
@@ -422,8 +428,16 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
                                       "fraction_of_matmul_peak": flops * r["meta_steps_per_second"] / peak}
         for section, (name, _, info) in baseline_rows.items():
             results[section][baseline_name] = {**_summary(seconds[name], config), **info}
+        table = _write(results, run)
         if progress:
-            print(f"timed {', '.join(calls)}", flush=True)
+            print(f"timed {', '.join(calls)}; written to {run.file('bench_fewshot.json')}", flush=True)
+        return table
+
+    def compiled(name: str, meta_learner, flops: float) -> tuple:
+        call, compile_seconds = _compiled_step(meta_learner, sampler, config)
+        if progress:  # a slow compile shows in the log before the group is timed
+            print(f"compiled {name} in {compile_seconds:.1f} s", flush=True)
+        return call, compile_seconds, flops
 
     for steps in config.inner_steps:
         group = {}
@@ -437,8 +451,8 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
                         peel_first_step=peel))
                 flops = _inner_loop_flops(lambda inner_steps: build(0, inner_steps, True), steps, sampler, config)
                 for chunk in config.task_chunks:
-                    group[f"{algorithm} {_steps(steps)}{_label(conv, chunk)}"] = (
-                        *_compiled_step(build(chunk), sampler, config), flops)
+                    name = f"{algorithm} {_steps(steps)}{_label(conv, chunk)}"
+                    group[name] = compiled(name, build(chunk), flops)
         measure(group, baselines(steps), f"maml {_steps(steps)}")
     group = {}
     for conv in config.convs:
@@ -446,8 +460,18 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
         flops = _flops(make_protonet(embedding, config.ways), sampler, config)
         for chunk in config.task_chunks:
             protonet = make_protonet(embedding, config.ways, task_chunk=chunk)
-            group[f"protonet{_label(conv, chunk)}"] = (*_compiled_step(protonet, sampler, config), flops)
-    measure(group)
+            name = f"protonet{_label(conv, chunk)}"
+            group[name] = compiled(name, protonet, flops)
+    table = measure(group)
+    print(f"\nConv4, {config.ways}-way {config.shots}-shot, {config.queries} queries, meta-batch {config.meta_batch}; "
+          f"float32 matmul peak {peak / 1e9:.0f} GFLOP/s\n\n{table}")
+    return results
+
+
+def _write(results: dict, run: RunDir) -> str:
+    """Adds the ratios to the baselines and writes the JSON and the table of every row measured
+    so far, atomically: a run stopped in a later group keeps them. Returns the table."""
+    rows = []
     for name, r in results["jmeta"].items():
         ratios = []
         for section in ("torch_loop", "learn2learn"):
@@ -464,8 +488,5 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     table = markdown_table(["method", "s per meta-step", "tasks/s", "compile s", "GFLOP per step",
                             "of matmul peak", "over PyTorch loop", "over learn2learn"], rows)
     atomic_write_json(run.file("bench_fewshot.json"), results)
-    with open(run.file("bench_fewshot.md"), "w") as f:
-        f.write(table)
-    print(f"\nConv4, {config.ways}-way {config.shots}-shot, {config.queries} queries, meta-batch {config.meta_batch}; "
-          f"float32 matmul peak {peak / 1e9:.0f} GFLOP/s\n\n{table}")
-    return results
+    atomic_write_text(run.file("bench_fewshot.md"), table)
+    return table

@@ -148,6 +148,30 @@ def test_fewshot_benchmark_times_learn2learn_from_a_source_without_the_pytorch_l
     assert jmeta_row["over_learn2learn"] == pytest.approx(
         learn2learn_row["seconds_per_step"] / jmeta_row["seconds_per_step"])
 
+def test_fewshot_benchmark_keeps_the_groups_it_timed_when_a_later_group_fails(tmp_path, monkeypatch):
+    # A device run cut off in its 5-step group must not lose the 1-step rows it already timed.
+    import json
+
+    from jmeta.cli import load_experiment, run_experiment
+
+    bench_fewshot = load_experiment("bench-fewshot")
+    built = bench_fewshot.make_meta_learner
+
+    def fails_at_two_steps(learner, config):
+        if config.num_inner_steps == 2:
+            raise RuntimeError("stopped in the second group")
+        return built(learner, config)
+    monkeypatch.setattr(bench_fewshot, "make_meta_learner", fails_at_two_steps)
+    overrides = ["ways=2", "queries=1", "meta_batch=2", "inner_steps=1,2", "image_size=16", "filters=4",
+                 "min_seconds=0", "matmul_size=64", "task_chunks=0", "torch_baseline=false"]
+    with pytest.raises(RuntimeError, match="second group"):
+        run_experiment("bench-fewshot", str(tmp_path / "bench"), overrides, progress=False)
+    written = json.loads((tmp_path / "bench" / "bench_fewshot.json").read_text())
+    assert set(written["jmeta"]) == {"maml 1 step", "fomaml 1 step"}
+    assert all(row["timed_steps"] >= 3 for row in written["jmeta"].values())
+    assert "fomaml 1 step" in (tmp_path / "bench" / "bench_fewshot.md").read_text()
+
+
 @pytest.fixture
 def fake_learn2learn(tmp_path):
     """A learn2learn source tree in the sdist's layout whose package ``__init__`` files refuse to run."""
