@@ -189,6 +189,12 @@ NOTES = [
     "that YNNPACK takes the kernel gradient (patches.T row-major): kernel gradient 15.9 ms, but the forward "
     "W.T @ patches.T 15.2 against 12.2 ms, no net change; xnn / oneDNN / ynn fusion-type options leave that dot "
     "on Eigen",
+    "how far the 1-step target sits from PyTorch's own kernels, 2026-11-27 (one process, alternating, 150 s, two "
+    "runs): the bare query pass in PyTorch (conv4 forward and backward over 32 x 75 query images with shared "
+    "weights, oneDNN; no support set, no inner step) 2.334 / 1.834 s; jmeta's whole MAML step 1.887 / 1.931 s; "
+    "learn2learn's MAML step 2.722 / 2.501 s (jmeta 1.44x / 1.30x), the PyTorch loop 2.844 / 2.597 s. 1.5x "
+    "learn2learn would need 1.81 / 1.67 s: the whole second-order step 0.78-0.91x of the time oneDNN takes for "
+    "the query's forward and backward pass alone",
 ]
 
 
