@@ -6,7 +6,8 @@ Runtime:  about 10 minutes on a 2-core laptop CPU (4 with ``inner_steps=1``); ea
           among them, then run in alternation, one step each per round, until every row
           has at least three timed steps and ``min_seconds`` in all; each reports its
           median. Machine drift (this 2-core VM moves by 10-30% over minutes) then hits the
-          PyTorch loop and jmeta alike, so their ratio is the stable number.
+          PyTorch loop and jmeta alike, so their ratio is the stable number. The JSON and
+          table are rewritten after every group of rows: a run stopped part-way keeps them.
 Expected: meta-steps/s and tasks/s of conv4 MAML (5-way 1-shot, 15 queries, meta-batch
           32; 1 and 5 inner steps; second and first order) and of prototypical networks at
           the same episode shape; XLA's FLOP count per step and the fraction of this
@@ -403,10 +404,9 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     shape = (config.image_size, config.image_size, 1)
     peak = _matmul_peak(config.matmul_size)
     results = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                                     "jax": jax.__version__, "backend": jax.default_backend(),
-                                     "device": jax.devices()[0].device_kind,
-                                     "matmul_flops_per_second": peak}, "config": dataclasses.asdict(config), "notes": NOTES,
-                         "jmeta": {}, "torch_loop": {}, "learn2learn": {}}
+                           "jax": jax.__version__, "backend": jax.default_backend(),
+                           "device": jax.devices()[0].device_kind, "matmul_flops_per_second": peak},
+               "config": dataclasses.asdict(config), "notes": NOTES, "jmeta": {}, "torch_loop": {}, "learn2learn": {}}
     key = jax.random.key(config.seed)
     # Loaded (and a bad source folder refused) before anything compiles.
     maml_class = load_maml(config.learn2learn) if config.torch_baseline or config.learn2learn else None
