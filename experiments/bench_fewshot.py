@@ -260,9 +260,8 @@ def _flops(meta_learner, sampler, config: Config) -> float:
     no FLOP count, and the count is the program's, not the device's.
     """
     meta_step = make_meta_step(meta_learner, sampler, config.meta_batch, default_optimizer())
-    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                                      (meta_step.init(meta_learner.init()), jax.random.key(config.seed)))
-    cost = meta_step.step.trace(*abstract).lower(lowering_platforms=("cpu",)).cost_analysis() or {}
+    state, key = jax.eval_shape(lambda: (meta_step.init(meta_learner.init()), jax.random.key(config.seed)))
+    cost = meta_step.step.trace(state, key).lower(lowering_platforms=("cpu",)).cost_analysis() or {}
     if isinstance(cost, (list, tuple)):  # older jax: one dict per program
         cost = cost[0] if cost else {}
     return float(cost.get("flops", float("nan")))
