@@ -196,6 +196,10 @@ NOTES = [
     "learn2learn's MAML step 2.722 / 2.501 s (jmeta 1.44x / 1.30x), the PyTorch loop 2.844 / 2.597 s. 1.5x "
     "learn2learn would need 1.81 / 1.67 s: the whole second-order step 0.78-0.91x of the time oneDNN takes for "
     "the query's forward and backward pass alone",
+    "tasks in chunks of 2 / 4 / 8 at 5 inner steps (alternating, 25 s each, 2026-11-27): MAML 3.29 / 3.42 / 4.31 s, "
+    "FOMAML 2.23 / 2.45 / 2.64 s; chunks of 2 stay the advice at 5 steps as at 1. The profile there: the support "
+    "set's row-patch matmuls ((1120, 192) @ (192, 192) per task, six kinds per inner step with second order) run at "
+    "about 90 GFLOP/s, half the large-matmul rate, and are about 0.9 s of the 5-step time",
 ]
 
 
