@@ -125,7 +125,6 @@ def test_fewshot_benchmark_alternates_jmeta_rows_with_the_pytorch_loop(tmp_path,
     assert "learn2learn, maml 1 step" in (tmp_path / "bench" / "bench_fewshot.md").read_text()
 
 
-
 def test_fewshot_benchmark_times_learn2learn_from_a_source_without_the_pytorch_loop(tmp_path, monkeypatch):
     # learn2learn=PATH asks for its row; torch_baseline=false drops only the PyTorch loop.
     import time
@@ -147,6 +146,7 @@ def test_fewshot_benchmark_times_learn2learn_from_a_source_without_the_pytorch_l
     assert learn2learn_row["device"] == "learn2learn stand-in" and jmeta_row["over_torch_loop"] is None
     assert jmeta_row["over_learn2learn"] == pytest.approx(
         learn2learn_row["seconds_per_step"] / jmeta_row["seconds_per_step"])
+
 
 def test_fewshot_benchmark_keeps_the_groups_it_timed_when_a_later_group_fails(tmp_path, monkeypatch):
     # A device run cut off in its 5-step group must not lose the 1-step rows it already timed.
