@@ -125,6 +125,27 @@ def test_fewshot_benchmark_alternates_jmeta_rows_with_the_pytorch_loop(tmp_path,
     assert "learn2learn, maml 1 step" in (tmp_path / "bench" / "bench_fewshot.md").read_text()
 
 
+def test_fewshot_benchmark_stops_timing_a_slow_row_once_it_has_its_timings(monkeypatch):
+    # On a GPU jmeta's step is 150x faster than the PyTorch loop: rounds that reran every row
+    # until the fast one had its seconds ran the loop for ten minutes. A fake clock stands in
+    # (steps of 1/64 s add up exactly in binary).
+    from jmeta.cli import load_experiment
+
+    bench_fewshot = load_experiment("bench-fewshot")
+    clock, runs = [0.0], {"fast": 0, "slow": 0}
+
+    def call(name, seconds):
+        def run():
+            runs[name] += 1
+            clock[0] += seconds
+        return run
+    monkeypatch.setattr(bench_fewshot, "time", type("FakeTime", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    seconds = bench_fewshot._alternating({"fast": call("fast", 1 / 64), "slow": call("slow", 1.0)}, min_seconds=2.0)
+    assert len(seconds["slow"]) == 3 and runs["slow"] == 4  # three timings after one warm-up
+    assert sum(seconds["fast"]) >= 2.0 and runs["fast"] == len(seconds["fast"]) + 1 == 129
+    assert seconds["slow"] == pytest.approx([1.0] * 3) and max(seconds["fast"]) == 1 / 64
+
+
 def test_fewshot_benchmark_times_learn2learn_from_a_source_without_the_pytorch_loop(tmp_path, monkeypatch):
     # learn2learn=PATH asks for its row; torch_baseline=false drops only the PyTorch loop.
     import time
