@@ -16,12 +16,33 @@ import jax
 import numpy as np
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes ``data`` to ``path`` so that readers see the old file or the new one, whole."""
-    path = os.fspath(path)
+def _new_file_mode() -> int:
+    """The permissions ``open()`` gives a new file under this process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+# Read once at import: os.umask can only be read by setting it, which races with threads.
+NEW_FILE_MODE = _new_file_mode()
+
+
+def temp_file_beside(path: str | os.PathLike, prefix: str) -> tuple[int, str]:
+    """An open temporary file in ``path``'s folder (made if missing), to be moved over ``path``.
+
+    ``mkstemp`` makes its files private (0600); this one gets the mode ``open()`` would
+    give, so results, checkpoints and downloads stay readable to whoever may read the folder.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=os.path.basename(path))
+    os.fchmod(fd, NEW_FILE_MODE)
+    return fd, tmp
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` so that readers see the old file or the new one, whole."""
+    fd, tmp = temp_file_beside(path, ".tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

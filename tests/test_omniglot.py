@@ -110,3 +110,6 @@ def test_download_checks_the_md5(tmp_path):
     assert list((tmp_path / "out").iterdir()) == []  # nothing left behind
     path = download(source.as_uri(), tmp_path / "out" / "a.zip", digest)
     assert pathlib.Path(path).read_bytes() == b"pretend archive"
+    # Readable as any new file would be, not private as mkstemp makes its files.
+    (tmp_path / "plain").write_bytes(b"")
+    assert pathlib.Path(path).stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777

@@ -107,6 +107,19 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["state.npz"]  # no temporary file left behind
 
 
+def test_run_files_get_the_permissions_of_any_new_file(tmp_path):
+    # mkstemp makes private files (0600); a lab's shared results folder must stay readable.
+    run = RunDir(tmp_path / "run", "sinusoid", jmeta.MetaLearnerConfig())
+    run.log({"stage": "train", "step": 1, "loss": 0.5})
+    run.write_results({"accuracy": 0.9})
+    run.save_checkpoint("train", {"w": np.zeros(2)})
+    (tmp_path / "plain").write_text("")
+    expected = (tmp_path / "plain").stat().st_mode & 0o777
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert {p.name for p in files} == {"config.json", "metrics.jsonl", "results.json", "train.npz"}
+    assert {p.stat().st_mode & 0o777 for p in files} == {expected}
+
+
 def test_fit_validates_its_schedule():
     meta_learner, meta_step = _meta_step()
     state = meta_step.init(meta_learner.init())

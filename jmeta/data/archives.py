@@ -11,10 +11,11 @@ import contextlib
 import hashlib
 import os
 import posixpath
-import tempfile
 import urllib.request
 import zipfile
 from typing import Iterator
+
+from jmeta.checkpoint import temp_file_beside
 
 
 def check_member_name(name: str, archive: str) -> None:
@@ -71,9 +72,7 @@ def download(url: str, destination: str | os.PathLike, md5: str) -> str:
     destination = os.fspath(destination)
     if os.path.exists(destination) and _md5(destination) == md5:
         return destination
-    directory = os.path.dirname(os.path.abspath(destination))
-    os.makedirs(directory, exist_ok=True)
-    fd, partial = tempfile.mkstemp(dir=directory, prefix=".download-")
+    fd, partial = temp_file_beside(destination, ".download-")
     os.close(fd)
     try:
         urllib.request.urlretrieve(url, partial)
