@@ -51,7 +51,7 @@ from jmeta.protonet import make_protonet
 from jmeta.runs import RunDir
 from jmeta.stats import markdown_table
 from jmeta.tasks import make_episode_sampler
-from jmeta.validation import check_choice
+from jmeta.validation import check_choice, check_non_negative_int, check_positive_int
 
 
 # Alternatives measured on the 2-core development machine (AMD EPYC, jax 0.10.2, XLA:CPU;
@@ -411,9 +411,24 @@ def _learn2learn_maml(config: Config, inner_steps: int, maml_class: type) -> tup
     return call, {**info, "learn2learn": sys.modules[maml_class.__module__].__file__}
 
 
-def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+def _check(config: Config) -> None:
+    """Refuses a bad field by name before anything is measured or compiled."""
+    for name in ("shots", "queries", "meta_batch", "image_size", "filters", "matmul_size"):
+        check_positive_int(name, getattr(config, name))
+    if check_positive_int("ways", config.ways) < 2:
+        raise ValueError(f"ways must be at least 2, got {config.ways}")
+    for steps in config.inner_steps:
+        check_positive_int("inner_steps", steps)
+    for chunk in config.task_chunks:
+        check_non_negative_int("task_chunks", chunk)
     for conv in config.convs:
         check_choice("convs", conv, CONV_IMPLEMENTATIONS)
+    if not (np.isfinite(config.min_seconds) and config.min_seconds >= 0):
+        raise ValueError(f"min_seconds must be a finite number >= 0, got {config.min_seconds!r}")
+
+
+def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+    _check(config)
     rng = np.random.default_rng(config.seed)
     data = rng.random((64, 20, config.image_size, config.image_size, 1)).astype(np.float32)
     sampler = make_episode_sampler(data, config.ways, config.shots, config.queries)

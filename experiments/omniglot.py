@@ -32,7 +32,8 @@ from jmeta.protonet import make_protonet
 from jmeta.runs import RunDir
 from jmeta.stats import format_mean_ci, markdown_table, mean_ci95
 from jmeta.tasks import make_episode_sampler, sample_tasks
-from jmeta.training import fit
+from jmeta.training import check_schedule, fit
+from jmeta.validation import check_non_negative_int, check_positive_float, check_positive_int
 
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared", "data", "omniglot")
 
@@ -80,7 +81,24 @@ def _setting(text: str) -> tuple[int, int]:
         ways, shots = (int(part) for part in text.lower().split("x"))
     except ValueError:
         raise ValueError(f"settings: {text!r} is not WAYSxSHOTS (for example 5x1)") from None
+    if ways < 2 or shots < 1:
+        raise ValueError(f"settings: {text!r} needs at least 2 ways and 1 shot")
     return ways, shots
+
+
+def check_training(config: Training) -> None:
+    """Refuses a bad training field by name before any data is read or step compiled
+    (a bad value otherwise surfaced after minutes of training, under an internal name)."""
+    for name in ("image_size", "filters", "train_shots", "queries", "num_steps", "meta_batch", "maml_steps",
+                 "maml_meta_batch", "maml_num_steps"):
+        check_positive_int(name, getattr(config, name))
+    check_non_negative_int("task_chunk", config.task_chunk)
+    if check_positive_int("train_ways", config.train_ways) < 2:
+        raise ValueError(f"train_ways must be at least 2 (one class leaves nothing to tell apart), "
+                         f"got {config.train_ways}")
+    check_positive_float("outer_lr", config.outer_lr)
+    check_positive_float("maml_inner_lr", config.maml_inner_lr)
+    check_schedule(config.num_steps, config.log_every, config.checkpoint_every)
 
 
 def unseen_alphabets(background: ClassImages, evaluation: ClassImages) -> ClassImages:
@@ -165,6 +183,9 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     for method in config.methods:
         if method != "protonet":
             algorithms.algorithm_config(method)
+    check_training(config)
+    check_positive_int("eval_tasks", config.eval_tasks)
+    check_positive_int("plot_episodes", config.plot_episodes)
     background = load_omniglot(config.background, config.image_size, config.cache)
     evaluation = unseen_alphabets(background, load_omniglot(config.evaluation, config.image_size, config.cache))
     rows, results, first = [], {}, None

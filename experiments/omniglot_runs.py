@@ -129,6 +129,7 @@ def _plot_run(one_run, predictions: dict, path: str) -> None:
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     if not config.runs:
         raise ValueError("runs: give the one-shot runs zip or folder, e.g. jmeta run omniglot-runs runs=all_runs.zip")
+    omniglot.check_training(config)
     models = [m for m in config.methods if m not in BASELINES]
     for method in models:
         if method != "protonet" and method not in algorithms.ALGORITHMS:

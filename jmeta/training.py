@@ -8,7 +8,6 @@ checkpoints fall on multiples of ``checkpoint_every`` (itself a multiple of
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 from tqdm.auto import tqdm
@@ -16,6 +15,17 @@ from tqdm.auto import tqdm
 from jmeta.outer import MetaState, MetaStep
 from jmeta.runs import RunDir
 from jmeta.validation import check_positive_int
+
+
+def check_schedule(num_steps: int, log_every: int, checkpoint_every: int) -> tuple[int, int, int]:
+    """``fit``'s schedule as ints, or a ``ValueError`` naming the bad one (for callers that
+    check a whole configuration before loading data or compiling)."""
+    num_steps = check_positive_int("num_steps", num_steps)
+    log_every = check_positive_int("log_every", log_every)
+    checkpoint_every = check_positive_int("checkpoint_every", checkpoint_every)
+    if checkpoint_every % log_every:
+        raise ValueError(f"checkpoint_every ({checkpoint_every}) must be a multiple of log_every ({log_every})")
+    return num_steps, log_every, checkpoint_every
 
 
 def fit(meta_step: MetaStep, state: MetaState, key: jax.Array, num_steps: int, *, log_every: int = 100,
@@ -42,11 +52,7 @@ def fit(meta_step: MetaStep, state: MetaState, key: jax.Array, num_steps: int, *
     Returns:
       The final ``MetaState``.
     """
-    num_steps = check_positive_int("num_steps", num_steps)
-    log_every = check_positive_int("log_every", log_every)
-    checkpoint_every = check_positive_int("checkpoint_every", checkpoint_every)
-    if checkpoint_every % log_every:
-        raise ValueError(f"checkpoint_every ({checkpoint_every}) must be a multiple of log_every ({log_every})")
+    num_steps, log_every, checkpoint_every = check_schedule(num_steps, log_every, checkpoint_every)
     if run is not None:
         restored = run.load_checkpoint(stage, state)
         if restored is not None:

@@ -66,3 +66,28 @@ def test_runs_refuses_an_unknown_method(tmp_path):
     with pytest.raises(ValueError, match="unknown method 'mamal'"):
         run_experiment("omniglot-runs", str(tmp_path / "runs"), [f"runs={tmp_path}", "methods=protonet,mamal"],
                        progress=False)
+
+
+@pytest.mark.parametrize("field, message", [
+    ("eval_tasks=0", "eval_tasks must be a positive integer, got 0"),
+    ("train_ways=1", "train_ways must be at least 2"),
+    ("settings=5x1,1x1", "settings: '1x1' needs at least 2 ways and 1 shot"),
+    ("settings=5x0", "settings: '5x0' needs at least 2 ways"),
+    ("outer_lr=nan", "outer_lr must be a positive finite number, got nan"),
+    ("meta_batch=0", "meta_batch must be a positive integer, got 0"),
+    ("maml_num_steps=0", "maml_num_steps must be a positive integer, got 0"),
+    ("checkpoint_every=75", r"checkpoint_every \(75\) must be a multiple of log_every \(50\)"),
+    ("plot_episodes=0", "plot_episodes must be a positive integer, got 0"),
+])
+def test_omniglot_refuses_a_bad_field_before_reading_data(tmp_path, field, message):
+    # The background does not exist: a check made only after loading (or after training,
+    # as eval_tasks=0 once was, with an IndexError) would raise something else.
+    with pytest.raises(ValueError, match=message):
+        run_experiment("omniglot", str(tmp_path / "run"), [field, f"background={tmp_path / 'missing.zip'}"],
+                       progress=False)
+
+
+def test_runs_refuses_a_bad_training_field_before_reading_the_runs(tmp_path):
+    with pytest.raises(ValueError, match="train_ways must be at least 2"):
+        run_experiment("omniglot-runs", str(tmp_path / "runs"), [f"runs={tmp_path / 'missing.zip'}", "train_ways=1"],
+                       progress=False)

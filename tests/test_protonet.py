@@ -125,6 +125,24 @@ def test_fewshot_benchmark_alternates_jmeta_rows_with_the_pytorch_loop(tmp_path,
     assert "learn2learn, maml 1 step" in (tmp_path / "bench" / "bench_fewshot.md").read_text()
 
 
+@pytest.mark.parametrize("field, message", [
+    ("meta_batch=0", "meta_batch must be a positive integer, got 0"),
+    ("matmul_size=0", "matmul_size must be a positive integer, got 0"),
+    ("ways=1", "ways must be at least 2, got 1"),
+    ("inner_steps=1,0", "inner_steps must be a positive integer, got 0"),
+    ("task_chunks=-2", "task_chunks must be a non-negative integer, got -2"),
+    ("min_seconds=-1", "min_seconds must be a finite number >= 0, got -1"),
+    ("convs=cudnn", "unknown convs 'cudnn'; expected one of 'im2col', 'xla'"),
+])
+def test_fewshot_benchmark_refuses_a_bad_field_before_measuring(tmp_path, monkeypatch, field, message):
+    from jmeta.cli import load_experiment, run_experiment
+
+    bench_fewshot = load_experiment("bench-fewshot")
+    monkeypatch.setattr(bench_fewshot, "_matmul_peak", lambda size: pytest.fail("measured before checking"))
+    with pytest.raises(ValueError, match=message):
+        run_experiment("bench-fewshot", str(tmp_path / "bench"), [field, "torch_baseline=false"], progress=False)
+
+
 def test_fewshot_benchmark_stops_timing_a_slow_row_once_it_has_its_timings(monkeypatch):
     # On a GPU jmeta's step is 150x faster than the PyTorch loop: rounds that reran every row
     # until the fast one had its seconds ran the loop for ten minutes. A fake clock stands in
