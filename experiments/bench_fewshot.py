@@ -200,6 +200,13 @@ NOTES = [
     "FOMAML 2.23 / 2.45 / 2.64 s; chunks of 2 stay the advice at 5 steps as at 1. The profile there: the support "
     "set's row-patch matmuls ((1120, 192) @ (192, 192) per task, six kinds per inner step with second order) run at "
     "about 90 GFLOP/s, half the large-matmul rate, and are about 0.9 s of the 5-step time",
+    "two cores against one, 2026-11-27 (1 step, chunks of 2, 20 s each): 1.97 s against 3.50 s under taskset "
+    "(1.77x). Per op (profiles of both): the 14x14 layer's matmuls scale 1.8-2.1x, its im2col passes 1.2-1.4x, "
+    "and the first block's pooling backward and kernel gradient (compare/convert, YNNPACK's even tie split, the "
+    "select, the (58800, 9)^T @ (58800, 64) dot per pair of tasks; about 0.2 s per step) 0.9-1.26x: memory-bound "
+    "on 480 MB full-resolution tensors (numpy copies at about 20 GB/s here). Two independent such dots in one "
+    "program took twice one, and the meta-batch as two independent lax.maps of 16 tasks (for the executor to "
+    "overlap) 1.763 / 1.784 s against 2.080 / 1.776 s: no gain from overlapping ops",
 ]
 
 
