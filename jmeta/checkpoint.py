@@ -18,13 +18,18 @@ import numpy as np
 
 def _new_file_mode() -> int:
     """The permissions ``open()`` gives a new file under this process's umask."""
-    umask = os.umask(0)
+    try:  # Linux reports the umask without changing it
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    # Elsewhere the umask is read by setting it: set a stricter one for that instant, so a
+    # file another thread creates meanwhile is never more open than intended.
+    umask = os.umask(0o077)
     os.umask(umask)
     return 0o666 & ~umask
-
-
-# Read once at import: os.umask can only be read by setting it, which races with threads.
-NEW_FILE_MODE = _new_file_mode()
 
 
 def temp_file_beside(path: str | os.PathLike, prefix: str) -> tuple[int, str]:
@@ -36,7 +41,7 @@ def temp_file_beside(path: str | os.PathLike, prefix: str) -> tuple[int, str]:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=os.path.basename(path))
-    os.fchmod(fd, NEW_FILE_MODE)
+    os.fchmod(fd, _new_file_mode())
     return fd, tmp
 
 

@@ -120,6 +120,28 @@ def test_run_files_get_the_permissions_of_any_new_file(tmp_path):
     assert {p.stat().st_mode & 0o777 for p in files} == {expected}
 
 
+def test_new_file_mode_follows_the_umask_with_or_without_proc(monkeypatch):
+    import builtins
+    import os
+
+    from jmeta import checkpoint
+
+    previous = os.umask(0o027)
+    try:
+        assert checkpoint._new_file_mode() == 0o640
+        real_open = builtins.open
+
+        def without_proc(path, *args, **kwargs):
+            if path == "/proc/self/status":
+                raise OSError("no /proc here")
+            return real_open(path, *args, **kwargs)
+        monkeypatch.setattr(builtins, "open", without_proc)
+        assert checkpoint._new_file_mode() == 0o640
+        assert os.umask(0o027) == 0o027  # the fallback put the umask back
+    finally:
+        os.umask(previous)
+
+
 def test_fit_validates_its_schedule():
     meta_learner, meta_step = _meta_step()
     state = meta_step.init(meta_learner.init())
