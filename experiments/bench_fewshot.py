@@ -51,7 +51,7 @@ from jmeta.protonet import make_protonet
 from jmeta.runs import RunDir
 from jmeta.stats import markdown_table
 from jmeta.tasks import make_episode_sampler
-from jmeta.validation import check_choice, check_non_negative_int, check_positive_int
+from jmeta.validation import check_choice, check_fields, check_non_negative_int
 
 
 # Alternatives measured on the 2-core development machine (AMD EPYC, jax 0.10.2, XLA:CPU;
@@ -420,12 +420,8 @@ def _learn2learn_maml(config: Config, inner_steps: int, maml_class: type) -> tup
 
 def _check(config: Config) -> None:
     """Refuses a bad field by name before anything is measured or compiled."""
-    for name in ("shots", "queries", "meta_batch", "image_size", "filters", "matmul_size"):
-        check_positive_int(name, getattr(config, name))
-    if check_positive_int("ways", config.ways) < 2:
-        raise ValueError(f"ways must be at least 2, got {config.ways}")
-    for steps in config.inner_steps:
-        check_positive_int("inner_steps", steps)
+    check_fields(config, positive_ints=("shots", "queries", "meta_batch", "image_size", "filters", "matmul_size",
+                                        "inner_steps"), at_least_two=("ways",))
     for chunk in config.task_chunks:
         check_non_negative_int("task_chunks", chunk)
     for conv in config.convs:

@@ -33,7 +33,7 @@ from jmeta.runs import RunDir
 from jmeta.stats import format_mean_ci, markdown_table, mean_ci95
 from jmeta.tasks import make_episode_sampler, sample_tasks
 from jmeta.training import check_schedule, fit
-from jmeta.validation import check_non_negative_int, check_positive_float, check_positive_int
+from jmeta.validation import check_fields, check_non_negative_int
 
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared", "data", "omniglot")
 
@@ -89,15 +89,10 @@ def _setting(text: str) -> tuple[int, int]:
 def check_training(config: Training) -> None:
     """Refuses a bad training field by name before any data is read or step compiled
     (a bad value otherwise surfaced after minutes of training, under an internal name)."""
-    for name in ("image_size", "filters", "train_shots", "queries", "num_steps", "meta_batch", "maml_steps",
-                 "maml_meta_batch", "maml_num_steps"):
-        check_positive_int(name, getattr(config, name))
+    check_fields(config, positive_ints=("image_size", "filters", "train_shots", "queries", "num_steps", "meta_batch",
+                                        "maml_steps", "maml_meta_batch", "maml_num_steps"),
+                 positive_floats=("outer_lr", "maml_inner_lr"), at_least_two=("train_ways",))
     check_non_negative_int("task_chunk", config.task_chunk)
-    if check_positive_int("train_ways", config.train_ways) < 2:
-        raise ValueError(f"train_ways must be at least 2 (one class leaves nothing to tell apart), "
-                         f"got {config.train_ways}")
-    check_positive_float("outer_lr", config.outer_lr)
-    check_positive_float("maml_inner_lr", config.maml_inner_lr)
     check_schedule(config.num_steps, config.log_every, config.checkpoint_every)
 
 
@@ -184,8 +179,7 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
         if method != "protonet":
             algorithms.algorithm_config(method)
     check_training(config)
-    check_positive_int("eval_tasks", config.eval_tasks)
-    check_positive_int("plot_episodes", config.plot_episodes)
+    check_fields(config, positive_ints=("eval_tasks", "plot_episodes"))
     background = load_omniglot(config.background, config.image_size, config.cache)
     evaluation = unseen_alphabets(background, load_omniglot(config.evaluation, config.image_size, config.cache))
     rows, results, first = [], {}, None

@@ -27,7 +27,8 @@ from jmeta.outer import default_optimizer, make_meta_step
 from jmeta.runs import RunDir
 from jmeta.stats import csv_table, format_mean_ci, markdown_table, mean_ci95
 from jmeta.tasks import make_sinusoid_sampler, sample_tasks, sinusoid_curve
-from jmeta.training import fit
+from jmeta.training import check_schedule, fit
+from jmeta.validation import check_fields
 
 PUBLISHED_K5 = {"maml": (0.67, 0.38, 0.35), "pretrained": (2.41, 2.23, 2.19)}
 LABELS = {"maml": "MAML", "metasgd": "Meta-SGD", "maml_lr": "MAML, learned inner rate", "pretrained": "pretrained",
@@ -129,6 +130,11 @@ def _row(method: str, shots: int, scores: dict, steps: tuple[int, ...]) -> list[
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     for method in config.methods:
         algorithms.algorithm_config(method)  # unknown names fail before any training
+    # Bad values fail here, by their field's name, not after training (outer_lr=nan trained silently).
+    check_fields(config, positive_ints=("shots", "num_steps", "meta_batch", "num_query", "num_inner_steps", "hidden",
+                                        "train_shots_for_anchor", "anchor_shots", "eval_tasks", "eval_query",
+                                        "eval_steps", "plot_tasks"), positive_floats=("inner_lr", "outer_lr"))
+    check_schedule(config.num_steps, config.log_every, config.checkpoint_every)
     if config.train_shots_for_anchor not in config.shots:
         raise ValueError(f"train_shots_for_anchor ({config.train_shots_for_anchor}) must be one of shots {config.shots}")
     table, models = {}, {}

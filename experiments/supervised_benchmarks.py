@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from jmeta.runs import RunDir
 from jmeta.stats import markdown_table
 from jmeta.super_learner import default_classifiers, default_regressors
+from jmeta.validation import check_fields
 from jmeta.experiments._supervised_common import comparison_table, repeated_comparison
 
 DATASETS = {"breast_cancer": (datasets.load_breast_cancer, True), "wine": (datasets.load_wine, True),
@@ -34,6 +35,7 @@ class Config:
 
 
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+    check_fields(config, positive_ints=("n_repeats",), at_least_two=("n_folds",))
     unknown = [d for d in config.datasets if d not in DATASETS]
     if unknown:
         raise ValueError(f"unknown datasets {unknown}; expected some of {', '.join(DATASETS)}")

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from jmeta.runs import RunDir
 from jmeta.super_learner import default_classifiers
+from jmeta.validation import check_fields
 from jmeta.experiments._supervised_common import comparison_table, repeated_comparison
 
 FEATURES = ("height_cm", "weight_kg", "age_years", "grip_strength_kg")
@@ -62,6 +63,7 @@ def synthetic_population(men: int, women: int, seed: int) -> tuple[np.ndarray, n
 
 
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+    check_fields(config, positive_ints=("n_repeats",), at_least_two=("men", "women", "n_folds"))
     X, y = synthetic_population(config.men, config.women, config.seed)
     learners = default_classifiers(config.seed)
     with tqdm(total=config.n_repeats, desc="splits", disable=not progress, leave=False) as bar:

@@ -19,6 +19,7 @@ from jmeta.runs import RunDir
 from jmeta.stats import format_mean_ci, markdown_table, mean_ci95
 from jmeta.supervised import SupervisedMetaLearner
 from jmeta.tasks import make_linear_sampler, make_sinusoid_sampler, sample_tasks
+from jmeta.validation import check_fields
 
 FAMILIES = {"sinusoid": lambda shots, query: make_sinusoid_sampler(shots, query),
             "linear": lambda shots, query: make_linear_sampler(shots, query, noise=0.3)}
@@ -40,6 +41,8 @@ class Config:
 
 
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+    check_fields(config, positive_ints=("train_tasks", "test_tasks", "shots", "num_query", "num_inner_steps",
+                                        "max_iter"), positive_floats=("inner_lr", "lr"))
     results, rows = {}, []
     for family in config.families:
         if family not in FAMILIES:

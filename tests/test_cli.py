@@ -49,6 +49,28 @@ def test_bad_command_lines_exit_2_with_a_message(tmp_path, capsys):
     assert main(["run", "--resume", str(tmp_path / "nothing")]) == 2
 
 
+@pytest.mark.parametrize("experiment, field, message, work", [
+    ("sinusoid", "outer_lr=nan", "outer_lr must be a positive finite number, got nan", "_train"),
+    ("sinusoid", "eval_tasks=0", "eval_tasks must be a positive integer, got 0", "_train"),
+    ("sinusoid", "eval_steps=1,0", "eval_steps must be a positive integer, got 0", "_train"),
+    ("sinusoid", "plot_tasks=0", "plot_tasks must be a positive integer, got 0", "_train"),
+    ("sinusoid", "checkpoint_every=7", r"checkpoint_every \(7\) must be a multiple of log_every", "_train"),
+    ("supervised-gender", "n_folds=1", "n_folds must be an integer >= 2, got 1", "repeated_comparison"),
+    ("supervised-gender", "n_repeats=0", "n_repeats must be a positive integer, got 0", "repeated_comparison"),
+    ("supervised-benchmarks", "n_folds=1", "n_folds must be an integer >= 2, got 1", "repeated_comparison"),
+    ("supervised-tasks", "test_tasks=0", "test_tasks must be a positive integer, got 0", "SupervisedMetaLearner"),
+    ("supervised-tasks", "lr=nan", "lr must be a positive finite number, got nan", "SupervisedMetaLearner"),
+])
+def test_experiments_refuse_a_bad_field_before_any_work(tmp_path, monkeypatch, experiment, field, message, work):
+    # Such values used to fail only after training, under an internal name (num_tasks,
+    # matplotlib's "Number of rows"), as a TypeError, or not at all (outer_lr=nan).
+    from jmeta.cli import load_experiment
+
+    monkeypatch.setattr(load_experiment(experiment), work, lambda *a, **k: pytest.fail("worked before checking"))
+    with pytest.raises(ValueError, match=message):
+        run_experiment(experiment, str(tmp_path / "run"), [field], progress=False)
+
+
 @pytest.mark.slow
 def test_resumed_experiment_ends_with_the_results_of_an_uninterrupted_one(tmp_path, monkeypatch):
     reference = run_experiment("sinusoid", str(tmp_path / "reference"), TINY, progress=False)

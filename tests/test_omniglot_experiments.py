@@ -70,7 +70,7 @@ def test_runs_refuses_an_unknown_method(tmp_path):
 
 @pytest.mark.parametrize("field, message", [
     ("eval_tasks=0", "eval_tasks must be a positive integer, got 0"),
-    ("train_ways=1", "train_ways must be at least 2"),
+    ("train_ways=1", "train_ways must be an integer >= 2, got 1"),
     ("settings=5x1,1x1", "settings: '1x1' needs at least 2 ways and 1 shot"),
     ("settings=5x0", "settings: '5x0' needs at least 2 ways"),
     ("outer_lr=nan", "outer_lr must be a positive finite number, got nan"),
@@ -88,6 +88,6 @@ def test_omniglot_refuses_a_bad_field_before_reading_data(tmp_path, field, messa
 
 
 def test_runs_refuses_a_bad_training_field_before_reading_the_runs(tmp_path):
-    with pytest.raises(ValueError, match="train_ways must be at least 2"):
+    with pytest.raises(ValueError, match="train_ways must be an integer >= 2, got 1"):
         run_experiment("omniglot-runs", str(tmp_path / "runs"), [f"runs={tmp_path / 'missing.zip'}", "train_ways=1"],
                        progress=False)

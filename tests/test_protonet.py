@@ -128,7 +128,7 @@ def test_fewshot_benchmark_alternates_jmeta_rows_with_the_pytorch_loop(tmp_path,
 @pytest.mark.parametrize("field, message", [
     ("meta_batch=0", "meta_batch must be a positive integer, got 0"),
     ("matmul_size=0", "matmul_size must be a positive integer, got 0"),
-    ("ways=1", "ways must be at least 2, got 1"),
+    ("ways=1", "ways must be an integer >= 2, got 1"),
     ("inner_steps=1,0", "inner_steps must be a positive integer, got 0"),
     ("task_chunks=-2", "task_chunks must be a non-negative integer, got -2"),
     ("min_seconds=-1", "min_seconds must be a finite number >= 0, got -1"),
