@@ -47,6 +47,7 @@ from jmeta.outer import default_optimizer, make_meta_step
 from jmeta.runs import RunDir
 from jmeta.stats import markdown_table
 from jmeta.tasks import make_sinusoid_sampler, sample_tasks
+from jmeta.validation import check_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +204,9 @@ def _memory(config: Config) -> list[dict]:
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     for algorithm in config.algorithms:
         algorithms.algorithm_config(algorithm)
+    check_fields(config, positive_ints=("meta_batches", "baseline_meta_batch", "shots", "num_query", "tasks_per_call",
+                                        "memory_steps", "memory_meta_batch", "torch_tasks"),
+                 positive_floats=("inner_lr", "min_seconds"))
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "cpu_count": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
                "devices": [str(d) for d in jax.devices()]}

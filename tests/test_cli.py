@@ -60,6 +60,8 @@ def test_bad_command_lines_exit_2_with_a_message(tmp_path, capsys):
     ("supervised-benchmarks", "n_folds=1", "n_folds must be an integer >= 2, got 1", "repeated_comparison"),
     ("supervised-tasks", "test_tasks=0", "test_tasks must be a positive integer, got 0", "SupervisedMetaLearner"),
     ("supervised-tasks", "lr=nan", "lr must be a positive finite number, got nan", "SupervisedMetaLearner"),
+    ("bench-core", "meta_batches=25,0", "meta_batches must be a positive integer, got 0", "_jmeta_throughput"),
+    ("bench-core", "tasks_per_call=0", "tasks_per_call must be a positive integer, got 0", "_jmeta_throughput"),
 ])
 def test_experiments_refuse_a_bad_field_before_any_work(tmp_path, monkeypatch, experiment, field, message, work):
     # Such values used to fail only after training, under an internal name (num_tasks,
