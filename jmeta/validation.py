@@ -68,5 +68,5 @@ def check_fields(config: Any, *, positive_ints: Iterable[str] = (), positive_flo
             check_positive_float(name, value)
     for name in at_least_two:
         for value in values(name):
-            if check_positive_int(name, value) < 2:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
                 raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
