@@ -51,7 +51,7 @@ from jmeta.protonet import make_protonet
 from jmeta.runs import RunDir
 from jmeta.stats import markdown_table
 from jmeta.tasks import make_episode_sampler
-from jmeta.validation import check_choice, check_fields, check_non_negative_int
+from jmeta.validation import check_choice, check_fields
 
 
 # Alternatives measured on the 2-core development machine (AMD EPYC, jax 0.10.2, XLA:CPU;
@@ -421,9 +421,7 @@ def _learn2learn_maml(config: Config, inner_steps: int, maml_class: type) -> tup
 def _check(config: Config) -> None:
     """Refuses a bad field by name before anything is measured or compiled."""
     check_fields(config, positive_ints=("shots", "queries", "meta_batch", "image_size", "filters", "matmul_size",
-                                        "inner_steps"), at_least_two=("ways",))
-    for chunk in config.task_chunks:
-        check_non_negative_int("task_chunks", chunk)
+                                        "inner_steps"), non_negative_ints=("task_chunks",), at_least_two=("ways",))
     for conv in config.convs:
         check_choice("convs", conv, CONV_IMPLEMENTATIONS)
     if not (np.isfinite(config.min_seconds) and config.min_seconds >= 0):

@@ -33,7 +33,7 @@ from jmeta.runs import RunDir
 from jmeta.stats import format_mean_ci, markdown_table, mean_ci95
 from jmeta.tasks import make_episode_sampler, sample_tasks
 from jmeta.training import check_schedule, fit
-from jmeta.validation import check_fields, check_non_negative_int
+from jmeta.validation import check_fields
 
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared", "data", "omniglot")
 
@@ -91,8 +91,8 @@ def check_training(config: Training) -> None:
     (a bad value otherwise surfaced after minutes of training, under an internal name)."""
     check_fields(config, positive_ints=("image_size", "filters", "train_shots", "queries", "num_steps", "meta_batch",
                                         "maml_steps", "maml_meta_batch", "maml_num_steps"),
-                 positive_floats=("outer_lr", "maml_inner_lr"), at_least_two=("train_ways",))
-    check_non_negative_int("task_chunk", config.task_chunk)
+                 non_negative_ints=("task_chunk",), positive_floats=("outer_lr", "maml_inner_lr"),
+                 at_least_two=("train_ways",))
     check_schedule(config.num_steps, config.log_every, config.checkpoint_every)
 
 

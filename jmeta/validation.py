@@ -52,8 +52,8 @@ def check_finite(name: str, array: Any) -> None:
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf); clean the data first")
 
 
-def check_fields(config: Any, *, positive_ints: Iterable[str] = (), positive_floats: Iterable[str] = (),
-                 at_least_two: Iterable[str] = ()) -> None:
+def check_fields(config: Any, *, positive_ints: Iterable[str] = (), non_negative_ints: Iterable[str] = (),
+                 positive_floats: Iterable[str] = (), at_least_two: Iterable[str] = ()) -> None:
     """Checks an experiment's config fields by name before anything runs; a tuple-valued
     field (``shots=5,10``) is checked item by item. ``at_least_two`` is for counts such as
     ways or folds, where one is as meaningless as zero."""
@@ -63,6 +63,9 @@ def check_fields(config: Any, *, positive_ints: Iterable[str] = (), positive_flo
     for name in positive_ints:
         for value in values(name):
             check_positive_int(name, value)
+    for name in non_negative_ints:
+        for value in values(name):
+            check_non_negative_int(name, value)
     for name in positive_floats:
         for value in values(name):
             check_positive_float(name, value)

@@ -75,6 +75,7 @@ def test_runs_refuses_an_unknown_method(tmp_path):
     ("settings=5x0", "settings: '5x0' needs at least 2 ways"),
     ("outer_lr=nan", "outer_lr must be a positive finite number, got nan"),
     ("meta_batch=0", "meta_batch must be a positive integer, got 0"),
+    ("task_chunk=-1", "task_chunk must be a non-negative integer, got -1"),
     ("maml_num_steps=0", "maml_num_steps must be a positive integer, got 0"),
     ("checkpoint_every=75", r"checkpoint_every \(75\) must be a multiple of log_every \(50\)"),
     ("plot_episodes=0", "plot_episodes must be a positive integer, got 0"),
