@@ -207,6 +207,18 @@ NOTES = [
     "on 480 MB full-resolution tensors (numpy copies at about 20 GB/s here). Two independent such dots in one "
     "program took twice one, and the meta-batch as two independent lax.maps of 16 tasks (for the executor to "
     "overlap) 1.763 / 1.784 s against 2.080 / 1.776 s: no gain from overlapping ops",
+    "where the profile's idle time goes, 2026-11-27 (1 step, chunks of 2, 1.95 / 2.08 s steps): 430 / 447 ms with no "
+    "op traced on either core, almost all of it right after the launch of the three kernel-gradient dots "
+    "(patches.T @ cotangent at 28x28, 14x14 and 7x7). XLA:CPU runs those on Eigen asynchronously and Eigen's "
+    "contraction is not traced, so the gaps are those dots (the 14x14 one alone 17-24 ms per chunk of 2 tasks); "
+    "the traced ops sum to about 1.76 s",
+    "rejected, 2026-11-27: that kernel gradient from patches built directly in the transposed layout (channels-first "
+    "input, nine shifted planes: (9C, M) @ (M, F) goes to YNNPACK): the dot alone 17.8 -> 12.3 ms per chunk, but "
+    "the step 1.85 -> 2.25 s, because with per-task weights the forward's patches already serve the kernel "
+    "gradient and the transposed ones are an extra pass; numpy's OpenBLAS takes the same dot in 19.2 ms (14.8 "
+    "transposed), so no faster library is at hand; lax.conv with xla_cpu_experimental_{xnn,ynn,onednn}_fusion_type="
+    "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION: the 14x14 layer's forward and backward for 16 tasks in a lax.map "
+    "11.0-12.0 s as without the flags (im2col: 0.46-0.56 s), no library takes the convolutions in a loop",
 ]
 
 
