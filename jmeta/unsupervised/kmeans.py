@@ -1,0 +1,279 @@
+"""k-means as pure jitted functions: greedy k-means++, Lloyd under ``lax.while_loop``, restarts as one ``vmap``.
+
+The semantics are scikit-learn's ``KMeans(algorithm="lloyd")``: ``tol`` is relative to the
+mean feature variance and compared with the summed squared centre shift, iteration stops
+early on "strict convergence" (no label changed), empty clusters take the points farthest
+from their centres, and a final assignment makes the labels those of the returned centres.
+
+Two deliberate differences, both so that a sample weight of ``w`` means exactly what ``w``
+copies of the row mean: the data are centred on their *weighted* mean and ``tol`` uses the
+weighted variance (scikit-learn's unweighted ones are the same when no weights are given),
+and k-means++ draws its points by inverse CDF over the rows in a canonical order (sorted by
+a fixed projection), so the draw depends on the points and their weights, not on the order
+the rows come in. A row of zero weight is never drawn as a centre.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jmeta.unsupervised.distances import default_chunk_size, map_row_chunks, nearest_centres, squared_distances_to
+from jmeta.unsupervised.validation import as_sample_weight, check_data, check_key, check_num_clusters
+from jmeta.validation import check_choice, check_positive_int
+
+INITS = ("k-means++", "random")
+
+
+class KMeansResult(NamedTuple):
+    """A fitted k-means: ``centres`` ``(k, d)``, ``labels`` ``(n,)``, ``inertia`` (the
+    weighted sum of squared distances to the nearest centre) and ``num_iters``."""
+    centres: jax.Array
+    labels: jax.Array
+    inertia: jax.Array
+    num_iters: jax.Array
+
+
+def _canonical_order(x: jax.Array) -> jax.Array:
+    """A row order that depends only on the rows' values: sorted by a fixed random projection."""
+    direction = jax.random.normal(jax.random.key(0), (x.shape[1],), x.dtype)
+    return jnp.argsort(x @ direction, stable=True)
+
+
+def _inverse_cdf(key: jax.Array, mass: jax.Array, order: jax.Array, size: int) -> jax.Array:
+    """``size`` row indices drawn with probability proportional to ``mass`` (rows taken in
+    ``order``); ``side="right"`` never lands on a row of zero mass."""
+    cumulative = jnp.cumsum(mass[order])
+    targets = jax.random.uniform(key, (size,), mass.dtype) * cumulative[-1]
+    positions = jnp.searchsorted(cumulative, targets, side="right")
+    return order[jnp.clip(positions, 0, mass.shape[0] - 1)]
+
+
+def _plusplus(key: jax.Array, x: jax.Array, sample_weight: jax.Array, num_clusters: int,
+              num_local_trials: int) -> tuple[jax.Array, jax.Array]:
+    """Greedy k-means++ (scikit-learn's ``_kmeans_plusplus``), one jitted ``fori_loop``.
+
+    The state is the ``(k, d)`` centres and the ``(n,)`` squared distance of every row to
+    its closest centre so far; each step scores ``num_local_trials`` candidates, a
+    ``(trials, n)`` buffer, and keeps the one that lowers the potential most.
+    """
+    x_sq = jnp.sum(x * x, axis=1)
+    order = _canonical_order(x)
+    first_key, loop_key = jax.random.split(key)
+    first = _inverse_cdf(first_key, sample_weight, order, 1)[0]
+    centres = jnp.zeros((num_clusters, x.shape[1]), x.dtype).at[0].set(x[first])
+    indices = jnp.zeros(num_clusters, jnp.int32).at[0].set(first.astype(jnp.int32))
+    closest = squared_distances_to(x, x[first][None], x_sq)[0]
+
+    def add_centre(c, carry):
+        centres, indices, closest = carry
+        candidates = _inverse_cdf(jax.random.fold_in(loop_key, c), sample_weight * closest, order, num_local_trials)
+        distances = jnp.minimum(closest[None, :], squared_distances_to(x, x[candidates], x_sq))
+        best = jnp.argmin(distances @ sample_weight)
+        return (centres.at[c].set(x[candidates[best]]), indices.at[c].set(candidates[best].astype(jnp.int32)), distances[best])
+
+    centres, indices, _ = jax.lax.fori_loop(1, num_clusters, add_centre, (centres, indices, closest))
+    return centres, indices
+
+
+def _random_rows(key: jax.Array, x: jax.Array, sample_weight: jax.Array, num_clusters: int) -> jax.Array:
+    """``num_clusters`` distinct rows drawn with probability proportional to their weight."""
+    rows = jax.random.choice(key, x.shape[0], (num_clusters,), replace=False, p=sample_weight / jnp.sum(sample_weight))
+    return x[rows]
+
+
+def _relocate_empty(x, sample_weight, labels, sq_distances, sums, weights):
+    """Moves each empty cluster to one of the points farthest from their centres
+    (scikit-learn's ``_relocate_empty_clusters_dense``), taking the point out of its old
+    cluster's sums; farthest first, one point per empty cluster."""
+    num_clusters = weights.shape[0]
+    empty = weights == 0
+    # Zero-weight rows are never moved: they would found a cluster of weight zero.
+    farness = jnp.where(sample_weight > 0, sq_distances, -1)
+    _, farthest = jax.lax.top_k(farness, min(num_clusters, x.shape[0]))
+    rank = jnp.clip(jnp.cumsum(empty) - 1, 0, farthest.shape[0] - 1)
+    moved = farthest[rank]                                        # (k,): the point each empty cluster takes
+    moved_weight = jnp.where(empty, sample_weight[moved], 0)
+    moved_sum = x[moved] * moved_weight[:, None]
+    sums = sums.at[labels[moved]].add(-moved_sum)
+    weights = weights.at[labels[moved]].add(-moved_weight)
+    sums = jnp.where(empty[:, None], moved_sum, sums)
+    weights = jnp.where(empty, moved_weight, weights)
+    return sums, weights
+
+
+def _lloyd(x: jax.Array, sample_weight: jax.Array, centres: jax.Array, max_iter: jax.Array, tol: jax.Array,
+           chunk_size: int) -> KMeansResult:
+    """Lloyd's iterations from ``centres`` (traced ``max_iter`` and absolute ``tol``)."""
+    num_clusters = centres.shape[0]
+    x_sq = jnp.sum(x * x, axis=1)
+    weighted_x = x * sample_weight[:, None]
+
+    def new_centres(labels, sq_distances):
+        sums = jax.ops.segment_sum(weighted_x, labels, num_clusters)
+        weights = jax.ops.segment_sum(sample_weight, labels, num_clusters)
+        sums, weights = jax.lax.cond(jnp.any(weights == 0), _relocate_empty, lambda *a: a[-2:],
+                                     x, sample_weight, labels, sq_distances, sums, weights)
+        # A cluster left with zero weight keeps its sum, as scikit-learn's _average_centers does.
+        return jnp.where(weights[:, None] > 0, sums / jnp.where(weights > 0, weights, 1)[:, None], sums)
+
+    def not_done(state):
+        iteration, _, _, converged = state
+        return (iteration < max_iter) & ~converged
+
+    def iterate(state):
+        iteration, centres, previous_labels, _ = state
+        labels, sq_distances = nearest_centres(x, centres, chunk_size, x_sq)
+        updated = new_centres(labels, sq_distances)
+        strict = jnp.all(labels == previous_labels)
+        shift = jnp.sum((updated - centres) ** 2)
+        return iteration + 1, updated, labels, strict | (shift <= tol)
+
+    start = (jnp.zeros((), jnp.int32), centres, jnp.full(x.shape[0], -1, jnp.int32), jnp.zeros((), bool))
+    num_iters, centres, _, _ = jax.lax.while_loop(not_done, iterate, start)
+    labels, _ = nearest_centres(x, centres, chunk_size, x_sq)
+    return KMeansResult(centres, labels, _inertia(x, sample_weight, centres, labels, chunk_size), num_iters)
+
+
+def _inertia(x, sample_weight, centres, labels, chunk_size):
+    """Weighted squared distances to the assigned centres, from differences (not the
+    expansion, whose cancellation would cost digits in float32)."""
+    def chunk(x_chunk, labels_chunk):
+        return jnp.sum((x_chunk - centres[labels_chunk]) ** 2, axis=1)
+    return map_row_chunks(chunk, x, chunk_size, labels) @ sample_weight
+
+
+@functools.partial(jax.jit, static_argnames=("num_clusters", "init", "n_init", "chunk_size", "num_local_trials"))
+def _kmeans(key, x, sample_weight, init_centres, max_iter, tol, *, num_clusters, init, n_init, chunk_size,
+            num_local_trials):
+    total = jnp.sum(sample_weight)
+    mean = sample_weight @ x / total
+    centred = x - mean
+    variance = sample_weight @ (centred * centred) / total
+    tol = tol * jnp.mean(variance)
+    if init_centres is not None:
+        result = _lloyd(centred, sample_weight, init_centres - mean, max_iter, tol, chunk_size)
+    else:
+        def initial(key):
+            if init == "k-means++":
+                return _plusplus(key, centred, sample_weight, num_clusters, num_local_trials)[0]
+            return _random_rows(key, centred, sample_weight, num_clusters)
+        starts = jax.vmap(initial)(jax.random.split(key, n_init))
+        results = jax.vmap(_lloyd, in_axes=(None, None, 0, None, None, None))(
+            centred, sample_weight, starts, max_iter, tol, chunk_size)
+        # The lowest inertia wins; ties go to the first restart.
+        result = jax.tree.map(lambda leaf: leaf[jnp.argmin(results.inertia)], results)
+    return result._replace(centres=result.centres + mean)
+
+
+def kmeans(key: jax.Array, x: Any, num_clusters: int, *, init: Any = "k-means++", n_init: int = 1,
+           sample_weight: Any = None, max_iter: int = 300, tol: float = 1e-4, chunk_size: int | None = None,
+           num_local_trials: int | None = None) -> KMeansResult:
+    """k-means clustering of the rows of ``x``, in one jitted call.
+
+    Args:
+      key: a JAX PRNG key (the same key gives the same labels, bit for bit).
+      x: data ``(n, d)``, float32 (float64 with JAX's x64 enabled).
+      num_clusters: ``k``, at most ``n``.
+      init: ``"k-means++"`` (greedy, as scikit-learn), ``"random"`` (``k`` distinct rows
+        drawn by weight) or an array of initial centres ``(k, d)``.
+      n_init: restarts, run as one ``vmap``; the lowest inertia wins (ignored for an array init).
+      sample_weight: non-negative weights ``(n,)``, default all ones.
+      max_iter: the most Lloyd iterations.
+      tol: stop when the summed squared centre shift is at most ``tol`` times the mean
+        feature variance.
+      chunk_size: rows per distance product (default: about 2**19 / k).
+      num_local_trials: k-means++ candidates per centre (default ``2 + int(log k)``).
+
+    Returns:
+      ``KMeansResult(centres, labels, inertia, num_iters)``.
+
+    Example::
+
+      result = kmeans(jax.random.key(0), x, 10, n_init=4)
+      result.labels, result.inertia
+    """
+    x = check_data("x", x)
+    num_clusters = check_num_clusters(num_clusters, x.shape[0])
+    n_init = check_positive_int("n_init", n_init)
+    max_iter = check_positive_int("max_iter", max_iter)
+    tol = _check_tol(tol)
+    key = check_key(key)
+    sample_weight = as_sample_weight(sample_weight, x.shape[0], x.dtype)
+    init_centres = None
+    if isinstance(init, str):
+        check_choice("init", init, INITS)
+    else:
+        init_centres = check_data("init", init, dtype=x.dtype)
+        if init_centres.shape != (num_clusters, x.shape[1]):
+            raise ValueError(f"init must have shape (num_clusters, n_features) = {(num_clusters, x.shape[1])}, "
+                             f"got {init_centres.shape}")
+        init, n_init = "array", 1
+    chunk_size = default_chunk_size(x.shape[0], num_clusters) if chunk_size is None else \
+        check_positive_int("chunk_size", chunk_size)
+    if num_local_trials is None:
+        num_local_trials = 2 + int(math.log(num_clusters))
+    num_local_trials = check_positive_int("num_local_trials", num_local_trials)
+    return _kmeans(key, x, sample_weight, init_centres, jnp.asarray(max_iter, jnp.int32),
+                   jnp.asarray(tol, x.dtype), num_clusters=num_clusters, init=init, n_init=n_init,
+                   chunk_size=chunk_size, num_local_trials=num_local_trials)
+
+
+@functools.partial(jax.jit, static_argnames=("num_clusters", "num_local_trials"))
+def _plusplus_jit(key, x, sample_weight, *, num_clusters, num_local_trials):
+    return _plusplus(key, x, sample_weight, num_clusters, num_local_trials)
+
+
+def kmeans_plusplus(key: jax.Array, x: Any, num_clusters: int, *, sample_weight: Any = None,
+                    num_local_trials: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """Greedy k-means++ seeding (``sklearn.cluster.kmeans_plusplus``), one jitted call.
+
+    The first centre is drawn with probability proportional to the sample weight; each
+    next one from ``num_local_trials`` (default ``2 + int(log k)``) candidates drawn
+    proportionally to weight x squared distance, keeping the candidate that lowers the
+    weighted potential most.
+
+    Returns:
+      ``centres`` ``(k, d)`` and the row ``indices`` ``(k,)`` they were taken from.
+    """
+    x = check_data("x", x)
+    num_clusters = check_num_clusters(num_clusters, x.shape[0])
+    key = check_key(key)
+    sample_weight = as_sample_weight(sample_weight, x.shape[0], x.dtype)
+    if num_local_trials is None:
+        num_local_trials = 2 + int(math.log(num_clusters))
+    num_local_trials = check_positive_int("num_local_trials", num_local_trials)
+    return _plusplus_jit(key, x, sample_weight, num_clusters=num_clusters, num_local_trials=num_local_trials)
+
+
+@functools.partial(jax.jit, static_argnames=("chunk_size",))
+def _predict(x, centres, sample_weight, chunk_size):
+    labels, sq_distances = nearest_centres(x, centres, chunk_size)
+    return labels, _inertia(x, sample_weight, centres, labels, chunk_size)
+
+
+def kmeans_predict(x: Any, centres: Any, *, sample_weight: Any = None,
+                   chunk_size: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """Nearest-centre labels of the rows of ``x`` and their weighted inertia."""
+    x = check_data("x", x)
+    centres = check_data("centres", centres, dtype=x.dtype)
+    if centres.shape[1] != x.shape[1]:
+        raise ValueError(f"centres have {centres.shape[1]} features but x has {x.shape[1]}")
+    sample_weight = as_sample_weight(sample_weight, x.shape[0], x.dtype)
+    chunk_size = chunk_size or default_chunk_size(x.shape[0], centres.shape[0])
+    return _predict(x, centres, sample_weight, chunk_size)
+
+
+def _check_tol(tol: Any) -> float:
+    try:
+        value = float(tol)
+    except (TypeError, ValueError):
+        raise ValueError(f"tol must be a non-negative number, got {tol!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"tol must be a non-negative finite number, got {tol!r}")
+    return value
