@@ -153,22 +153,23 @@ def _kmeans(key, x, sample_weight, init_centres, max_iter, tol, *, num_clusters,
             num_local_trials):
     total = jnp.sum(sample_weight)
     mean = sample_weight @ x / total
-    centred = x - mean
+    centred = x - mean[None, :]
     variance = sample_weight @ (centred * centred) / total
     tol = tol * jnp.mean(variance)
     if init_centres is not None:
-        result = _lloyd(centred, sample_weight, init_centres - mean, max_iter, tol, chunk_size)
+        result = _lloyd(centred, sample_weight, init_centres - mean[None, :], max_iter, tol, chunk_size)
     else:
         def initial(key):
             if init == "k-means++":
                 return _plusplus(key, centred, sample_weight, num_clusters, num_local_trials)[0]
             return _random_rows(key, centred, sample_weight, num_clusters)
-        starts = jax.vmap(initial)(jax.random.split(key, n_init))
+        # Restart i always draws from fold_in(key, i), so more restarts only add candidates.
+        starts = jax.vmap(lambda i: initial(jax.random.fold_in(key, i)))(jnp.arange(n_init))
         results = jax.vmap(_lloyd, in_axes=(None, None, 0, None, None, None))(
             centred, sample_weight, starts, max_iter, tol, chunk_size)
         # The lowest inertia wins; ties go to the first restart.
         result = jax.tree.map(lambda leaf: leaf[jnp.argmin(results.inertia)], results)
-    return result._replace(centres=result.centres + mean)
+    return result._replace(centres=result.centres + mean[None, :])
 
 
 def kmeans(key: jax.Array, x: Any, num_clusters: int, *, init: Any = "k-means++", n_init: int = 1,

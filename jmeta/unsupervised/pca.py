@@ -80,7 +80,7 @@ def _covariance_eigh(x: jax.Array, num_components: int) -> PCAResult:
 def _full_svd(x: jax.Array, num_components: int) -> PCAResult:
     num_samples = x.shape[0]
     mean = jnp.mean(x, axis=0)
-    _, singular_values, vt = jnp.linalg.svd(x - mean, full_matrices=False)
+    _, singular_values, vt = jnp.linalg.svd(x - mean[None, :], full_matrices=False)
     explained_variance = singular_values ** 2 / (num_samples - 1)
     return _truncate(mean, _flip_signs(vt), explained_variance, singular_values, jnp.sum(explained_variance),
                      num_components)
@@ -110,7 +110,7 @@ def _randomized(key: jax.Array, x: jax.Array, num_components: int, n_oversamples
     b = times_transposed(q).T                                           # qᵀ(X - 1μᵀ): (size, d)
     _, singular_values, vt = jnp.linalg.svd(b, full_matrices=False)
     explained_variance = singular_values ** 2 / (num_samples - 1)
-    total_variance = jnp.sum((x - mean) ** 2) / (num_samples - 1)
+    total_variance = jnp.sum((x - mean[None, :]) ** 2) / (num_samples - 1)
     kept = explained_variance[:num_components]
     rest = min(num_samples, num_features) - num_components
     noise_variance = (total_variance - jnp.sum(kept)) / rest if rest else jnp.zeros((), x.dtype)
@@ -179,13 +179,13 @@ def _whitening_scale(result: PCAResult) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("whiten",))
 def pca_transform(result: PCAResult, x: jax.Array, whiten: bool = False) -> jax.Array:
     """Projects ``x`` ``(n, d)`` on the components: ``(n, k)``; with ``whiten``, unit variance."""
-    z = (x - result.mean) @ result.components.T
-    return z / _whitening_scale(result) if whiten else z
+    z = (x - result.mean[None, :]) @ result.components.T
+    return z / _whitening_scale(result)[None, :] if whiten else z
 
 
 @functools.partial(jax.jit, static_argnames=("whiten",))
 def pca_inverse_transform(result: PCAResult, z: jax.Array, whiten: bool = False) -> jax.Array:
     """Maps projections ``z`` ``(n, k)`` back to the data space ``(n, d)``."""
     if whiten:
-        z = z * _whitening_scale(result)
-    return z @ result.components + result.mean
+        z = z * _whitening_scale(result)[None, :]
+    return z @ result.components + result.mean[None, :]
