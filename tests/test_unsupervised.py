@@ -253,3 +253,52 @@ def test_estimators_agree_with_scikit_learns_and_work_in_pipelines(digits):
 def test_importing_jmeta_does_not_import_the_unsupervised_package():
     code = "import sys, jmeta; print('jmeta.unsupervised' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_kmeans_digits_experiment_puts_both_libraries_side_by_side(tmp_path):
+    import json
+
+    from jmeta.cli import run_experiment
+
+    results = run_experiment("kmeans-digits", str(tmp_path / "run"), ["n_init=1"], progress=False)
+    for library in ("jmeta", "scikit-learn"):
+        assert set(results["results"][library]) == {"k-means++", "random", "PCA-based"}
+    # From the same (PCA) centres the two libraries must reach the same clustering.
+    ours, theirs = results["results"]["jmeta"]["PCA-based"], results["results"]["scikit-learn"]["PCA-based"]
+    assert results["checks"]["pca_init_inertia_relative_difference"] < 1e-5
+    assert ours["ari"] == pytest.approx(theirs["ari"], abs=1e-9)
+    assert 0.9 < results["checks"]["kmeanspp_inertia_ratio"] < 1.1
+    assert (tmp_path / "run" / "clusters.png").stat().st_size > 10_000
+    assert "| PCA-based | jmeta |" in (tmp_path / "run" / "table.md").read_text()
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["checks"] == results["checks"]
+
+
+def test_unsupervised_benchmark_writes_json_and_a_table(tmp_path):
+    import json
+
+    from jmeta.cli import run_experiment
+
+    overrides = ["lloyd_shapes=1500x8x6", "lloyd_iters=5", "minibatch_shape=3000x8x16", "minibatch_steps=5",
+                 "batch_size=256", "pca_shape=800x20x5", "rounds=1"]
+    results = run_experiment("bench-unsupervised", str(tmp_path / "bench"), overrides, progress=False)
+    written = json.loads((tmp_path / "bench" / "bench_unsupervised.json").read_text())
+    assert written["ratios"] == results["ratios"]
+    assert written["machine"]["platform"] == "cpu"
+    lloyd = {r["library"]: r for r in written["rows"] if r["workload"] == "lloyd"}
+    assert lloyd["jmeta"]["inertia"] == pytest.approx(lloyd["scikit-learn"]["inertia"], rel=1e-5)
+    assert {r["solver"] for r in written["rows"] if r["workload"] == "pca"} == {"covariance_eigh", "full", "randomized"}
+    assert all(v > 0 for k, v in written["ratios"].items() if "s/" in k or " s " in k)
+    assert "k-means++" in (tmp_path / "bench" / "bench_unsupervised.md").read_text()
+
+
+@pytest.mark.parametrize("experiment, field, message", [
+    ("kmeans-digits", "n_init=0", "n_init must be a positive integer, got 0"),
+    ("bench-unsupervised", "lloyd_shapes=100x8", "lloyd_shapes must look like ROWSxFEATURESxK"),
+    ("bench-unsupervised", "pca_shape=10x8x20", "every size must be positive and K at most the rows"),
+    ("bench-unsupervised", "rounds=0", "rounds must be a positive integer, got 0"),
+])
+def test_unsupervised_experiments_refuse_a_bad_field(tmp_path, experiment, field, message):
+    from jmeta.cli import run_experiment
+
+    with pytest.raises(ValueError, match=message):
+        run_experiment(experiment, str(tmp_path / "run"), [field], progress=False)

@@ -123,20 +123,23 @@ def _lloyd(x: jax.Array, sample_weight: jax.Array, centres: jax.Array, max_iter:
         return jnp.where(weights[:, None] > 0, sums / jnp.where(weights > 0, weights, 1)[:, None], sums)
 
     def not_done(state):
-        iteration, _, _, converged = state
-        return (iteration < max_iter) & ~converged
+        iteration, _, _, strict, shifted_little = state
+        return (iteration < max_iter) & ~strict & ~shifted_little
 
     def iterate(state):
-        iteration, centres, previous_labels, _ = state
+        iteration, centres, previous_labels, _, _ = state
         labels, sq_distances = nearest_centres(x, centres, chunk_size, x_sq)
         updated = new_centres(labels, sq_distances)
         strict = jnp.all(labels == previous_labels)
         shift = jnp.sum((updated - centres) ** 2)
-        return iteration + 1, updated, labels, strict | (shift <= tol)
+        return iteration + 1, updated, labels, strict, shift <= tol
 
-    start = (jnp.zeros((), jnp.int32), centres, jnp.full(x.shape[0], -1, jnp.int32), jnp.zeros((), bool))
-    num_iters, centres, _, _ = jax.lax.while_loop(not_done, iterate, start)
-    labels, _ = nearest_centres(x, centres, chunk_size, x_sq)
+    false = jnp.zeros((), bool)
+    start = (jnp.zeros((), jnp.int32), centres, jnp.full(x.shape[0], -1, jnp.int32), false, false)
+    num_iters, centres, labels, strict, _ = jax.lax.while_loop(not_done, iterate, start)
+    # Under strict convergence the last labels are already those of the final centres
+    # (computed from the same labels); otherwise one more assignment, as scikit-learn does.
+    labels = jax.lax.cond(strict, lambda: labels, lambda: nearest_centres(x, centres, chunk_size, x_sq)[0])
     return KMeansResult(centres, labels, _inertia(x, sample_weight, centres, labels, chunk_size), num_iters)
 
 
