@@ -60,11 +60,15 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
     def _validate(self, X, reset):
         return validate_data(self, X, dtype=_DTYPES, reset=reset, order="C")
 
-    def _check_n_clusters(self, n_samples):
+    def _fit_inputs(self, X, sample_weight):
+        """Checked ``X``, weights and ``init`` for ``fit``, with ``n_clusters`` at most the rows."""
+        X = self._validate(X, reset=True)
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True)
         check_positive_int("n_clusters", self.n_clusters)
-        if self.n_clusters > n_samples:
-            raise ValueError(f"n_clusters={self.n_clusters} is larger than the number of samples, {n_samples}; "
-                             f"expected at most {n_samples}")
+        if self.n_clusters > X.shape[0]:
+            raise ValueError(f"n_clusters={self.n_clusters} is larger than the number of samples, {X.shape[0]}; "
+                             f"expected at most {X.shape[0]}")
+        return X, sample_weight, _check_init(self.init, self.n_clusters, X.shape[1], X.dtype)
 
     def _store(self, result, dtype):
         self.cluster_centers_ = np.asarray(result.centres, dtype)
@@ -141,10 +145,7 @@ class KMeans(_BaseKMeans):
 
     def fit(self, X, y=None, sample_weight=None):
         """Clusters the rows of ``X`` (optionally weighted)."""
-        X = self._validate(X, reset=True)
-        sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True)
-        self._check_n_clusters(X.shape[0])
-        init = _check_init(self.init, self.n_clusters, X.shape[1], X.dtype)
+        X, sample_weight, init = self._fit_inputs(X, sample_weight)
         with _precision(X.dtype):
             result = kmeans(_seed(self.random_state), X, self.n_clusters, init=init,
                             n_init=_n_init(self.n_init, init), sample_weight=sample_weight,
@@ -178,10 +179,7 @@ class MiniBatchKMeans(_BaseKMeans):
 
     def fit(self, X, y=None, sample_weight=None):
         """Clusters the rows of ``X`` by mini-batches."""
-        X = self._validate(X, reset=True)
-        sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True)
-        self._check_n_clusters(X.shape[0])
-        init = _check_init(self.init, self.n_clusters, X.shape[1], X.dtype)
+        X, sample_weight, init = self._fit_inputs(X, sample_weight)
         n_init = 1 if not isinstance(init, str) else (
             (1 if init == "k-means++" else 3) if self.n_init == "auto" else check_positive_int("n_init", self.n_init))
         with _precision(X.dtype):
