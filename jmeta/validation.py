@@ -36,6 +36,17 @@ def check_positive_float(name: str, value: Any) -> float:
     return number
 
 
+def check_non_negative_float(name: str, value: Any) -> float:
+    """Returns ``value`` as a float, or raises if it is not a finite number >= 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a non-negative finite number, got {value!r}") from None
+    if not np.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
+    return number
+
+
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     """Raises unless ``value`` is one of ``choices``."""
     choices = tuple(choices)

@@ -200,6 +200,8 @@ def test_pca_is_float32_by_default_and_float64_with_x64(digits):
     (lambda x: pca(x[:1], 1), r"at least 2 samples"),
     (lambda x: pca(np.full((100, 3), np.inf), 1), r"x contains 300 non-finite"),
     (lambda x: minibatch_kmeans(0, x, 101), r"num_clusters=101 is larger"),
+    (lambda x: minibatch_kmeans(0, x, 3, reassignment_ratio="often"), r"reassignment_ratio must be a non-negative"),
+    (lambda x: minibatch_kmeans(0, x, 3, sample_weight=np.zeros(100)), r"sample_weight must have at least one"),
     (lambda x: KMeans(n_clusters=200).fit(x), r"n_clusters=200 is larger than the number of samples, 100"),
     (lambda x: PCA(n_components=5).fit(x), r"n_components=5 must be an integer between 1 and .*=3"),
     (lambda x: KMeans(3, init=np.zeros((2, 3))).fit(x), r"init must have shape .*\(3, 3\), got \(2, 3\)"),

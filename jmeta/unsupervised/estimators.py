@@ -48,9 +48,13 @@ def _check_init(init, n_clusters, n_features, dtype):
     return init
 
 
-def _n_init(n_init, init) -> int:
+def _n_init(n_init, init, random_restarts: int) -> int:
+    """scikit-learn's ``n_init="auto"``: one run for k-means++ or an array, else
+    ``random_restarts`` (10 for KMeans, 3 for MiniBatchKMeans); an array init runs once."""
+    if not isinstance(init, str):
+        return 1
     if n_init == "auto":
-        return 1 if (not isinstance(init, str) or init == "k-means++") else 10
+        return 1 if init == "k-means++" else random_restarts
     return check_positive_int("n_init", n_init)
 
 
@@ -148,7 +152,7 @@ class KMeans(_BaseKMeans):
         X, sample_weight, init = self._fit_inputs(X, sample_weight)
         with _precision(X.dtype):
             result = kmeans(_seed(self.random_state), X, self.n_clusters, init=init,
-                            n_init=_n_init(self.n_init, init), sample_weight=sample_weight,
+                            n_init=_n_init(self.n_init, init, 10), sample_weight=sample_weight,
                             max_iter=self.max_iter, tol=self.tol, chunk_size=self.chunk_size)
             self._store(result, X.dtype)
         return self
@@ -180,8 +184,7 @@ class MiniBatchKMeans(_BaseKMeans):
     def fit(self, X, y=None, sample_weight=None):
         """Clusters the rows of ``X`` by mini-batches."""
         X, sample_weight, init = self._fit_inputs(X, sample_weight)
-        n_init = 1 if not isinstance(init, str) else (
-            (1 if init == "k-means++" else 3) if self.n_init == "auto" else check_positive_int("n_init", self.n_init))
+        n_init = _n_init(self.n_init, init, 3)
         with _precision(X.dtype):
             result = minibatch_kmeans(_seed(self.random_state), X, self.n_clusters, batch_size=self.batch_size,
                                       max_iter=self.max_iter, init=init, n_init=n_init, init_size=self.init_size,

@@ -21,11 +21,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jmeta.unsupervised.distances import default_chunk_size, map_row_chunks, nearest_centres, squared_distances_to
 from jmeta.unsupervised.validation import as_sample_weight, check_data, check_key, check_num_clusters
-from jmeta.validation import check_choice, check_positive_int
+from jmeta.validation import check_choice, check_non_negative_float, check_positive_int
 
 INITS = ("k-means++", "random")
 
@@ -75,10 +74,18 @@ def _plusplus(key: jax.Array, x: jax.Array, sample_weight: jax.Array, num_cluste
         candidates = _inverse_cdf(jax.random.fold_in(loop_key, c), sample_weight * closest, order, num_local_trials)
         distances = jnp.minimum(closest[None, :], squared_distances_to(x, x[candidates], x_sq))
         best = jnp.argmin(distances @ sample_weight)
-        return (centres.at[c].set(x[candidates[best]]), indices.at[c].set(candidates[best].astype(jnp.int32)), distances[best])
+        chosen = candidates[best]
+        return centres.at[c].set(x[chosen]), indices.at[c].set(chosen.astype(jnp.int32)), distances[best]
 
     centres, indices, _ = jax.lax.fori_loop(1, num_clusters, add_centre, (centres, indices, closest))
     return centres, indices
+
+
+def local_trials(num_local_trials: int | None, num_clusters: int) -> int:
+    """k-means++ candidates per centre: scikit-learn's ``2 + int(log k)`` unless given."""
+    if num_local_trials is None:
+        return 2 + int(math.log(num_clusters))
+    return check_positive_int("num_local_trials", num_local_trials)
 
 
 def _random_rows(key: jax.Array, x: jax.Array, sample_weight: jax.Array, num_clusters: int) -> jax.Array:
@@ -206,7 +213,7 @@ def kmeans(key: jax.Array, x: Any, num_clusters: int, *, init: Any = "k-means++"
     num_clusters = check_num_clusters(num_clusters, x.shape[0])
     n_init = check_positive_int("n_init", n_init)
     max_iter = check_positive_int("max_iter", max_iter)
-    tol = _check_tol(tol)
+    tol = check_non_negative_float("tol", tol)
     key = check_key(key)
     sample_weight = as_sample_weight(sample_weight, x.shape[0], x.dtype)
     init_centres = None
@@ -220,9 +227,7 @@ def kmeans(key: jax.Array, x: Any, num_clusters: int, *, init: Any = "k-means++"
         init, n_init = "array", 1
     chunk_size = default_chunk_size(x.shape[0], num_clusters) if chunk_size is None else \
         check_positive_int("chunk_size", chunk_size)
-    if num_local_trials is None:
-        num_local_trials = 2 + int(math.log(num_clusters))
-    num_local_trials = check_positive_int("num_local_trials", num_local_trials)
+    num_local_trials = local_trials(num_local_trials, num_clusters)
     return _kmeans(key, x, sample_weight, init_centres, jnp.asarray(max_iter, jnp.int32),
                    jnp.asarray(tol, x.dtype), num_clusters=num_clusters, init=init, n_init=n_init,
                    chunk_size=chunk_size, num_local_trials=num_local_trials)
@@ -249,15 +254,13 @@ def kmeans_plusplus(key: jax.Array, x: Any, num_clusters: int, *, sample_weight:
     num_clusters = check_num_clusters(num_clusters, x.shape[0])
     key = check_key(key)
     sample_weight = as_sample_weight(sample_weight, x.shape[0], x.dtype)
-    if num_local_trials is None:
-        num_local_trials = 2 + int(math.log(num_clusters))
-    num_local_trials = check_positive_int("num_local_trials", num_local_trials)
+    num_local_trials = local_trials(num_local_trials, num_clusters)
     return _plusplus_jit(key, x, sample_weight, num_clusters=num_clusters, num_local_trials=num_local_trials)
 
 
 @functools.partial(jax.jit, static_argnames=("chunk_size",))
 def _predict(x, centres, sample_weight, chunk_size):
-    labels, sq_distances = nearest_centres(x, centres, chunk_size)
+    labels, _ = nearest_centres(x, centres, chunk_size)
     return labels, _inertia(x, sample_weight, centres, labels, chunk_size)
 
 
@@ -272,12 +275,3 @@ def kmeans_predict(x: Any, centres: Any, *, sample_weight: Any = None,
     chunk_size = chunk_size or default_chunk_size(x.shape[0], centres.shape[0])
     return _predict(x, centres, sample_weight, chunk_size)
 
-
-def _check_tol(tol: Any) -> float:
-    try:
-        value = float(tol)
-    except (TypeError, ValueError):
-        raise ValueError(f"tol must be a non-negative number, got {tol!r}") from None
-    if not np.isfinite(value) or value < 0:
-        raise ValueError(f"tol must be a non-negative finite number, got {tol!r}")
-    return value

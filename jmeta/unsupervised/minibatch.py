@@ -18,7 +18,6 @@ stop is discarded, so the result is that of a synchronous loop.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -27,9 +26,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jmeta.unsupervised.distances import nearest_centres
-from jmeta.unsupervised.kmeans import INITS, KMeansResult, _plusplus, _random_rows, kmeans_predict
-from jmeta.unsupervised.validation import check_key, check_num_clusters, float_dtype
-from jmeta.validation import check_choice, check_non_negative_int, check_positive_int
+from jmeta.unsupervised.kmeans import INITS, KMeansResult, _plusplus, _random_rows, kmeans_predict, local_trials
+from jmeta.unsupervised.validation import check_key, check_num_clusters, check_sample_weight, float_dtype
+from jmeta.validation import check_choice, check_non_negative_float, check_non_negative_int, check_positive_int
 
 
 class MiniBatchState(NamedTuple):
@@ -51,7 +50,7 @@ def init_state(centres: jax.Array) -> MiniBatchState:
                           jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
 
 
-def _reseed(key, state, counts, centres, x, sample_weight, reassignment_ratio):
+def _reseed(key, counts, centres, x, sample_weight, reassignment_ratio):
     """Moves centres holding under ``reassignment_ratio`` of the largest count to rows of the
     batch drawn by weight (scikit-learn: at most half a batch of them, the smallest first)."""
     num_clusters = counts.shape[0]
@@ -86,8 +85,8 @@ def minibatch_step(state: MiniBatchState, key: jax.Array, x: jax.Array, sample_w
                         state.centres)
     since = state.since_reassign + batch_size
     reseed = (reassignment_ratio > 0) & (jnp.any(counts == 0) | (since >= 10 * num_clusters))
-    centres, counts = jax.lax.cond(reseed, _reseed, lambda k, s, c, m, *rest: (m, c),
-                                   key, state, counts, centres, x, sample_weight, reassignment_ratio)
+    centres, counts = jax.lax.cond(reseed, _reseed, lambda key, counts, centres, *rest: (centres, counts),
+                                   key, counts, centres, x, sample_weight, reassignment_ratio)
     since = jnp.where(reseed, 0, since)
     shift = jnp.sum((centres - state.centres) ** 2)
 
@@ -159,15 +158,10 @@ def minibatch_kmeans(key: Any, x: Any, num_clusters: int, *, batch_size: int = 1
     n_init = check_positive_int("n_init", n_init)
     if max_no_improvement is not None:
         max_no_improvement = check_non_negative_int("max_no_improvement", max_no_improvement)
-    if not (np.isfinite(reassignment_ratio) and reassignment_ratio >= 0):
-        raise ValueError(f"reassignment_ratio must be a non-negative number, got {reassignment_ratio!r}")
-    if not (np.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
+    reassignment_ratio = check_non_negative_float("reassignment_ratio", reassignment_ratio)
+    tol = check_non_negative_float("tol", tol)
     key = check_key(key)
-    weights = np.ones(num_samples) if sample_weight is None else np.asarray(sample_weight, np.float64)
-    if weights.shape != (num_samples,) or not np.all(np.isfinite(weights)) or np.any(weights < 0) \
-            or not np.any(weights > 0):
-        raise ValueError(f"sample_weight must be {num_samples} finite non-negative weights, not all zero")
+    weights = check_sample_weight(sample_weight, num_samples)
     _check_finite_in_chunks(values)
     full_batch = batch_size >= num_samples
     rng = _host_rng(key)
@@ -186,14 +180,13 @@ def minibatch_kmeans(key: Any, x: Any, num_clusters: int, *, batch_size: int = 1
         init_size = 3 * batch_size if init_size is None else check_positive_int("init_size", init_size)
         init_size = min(num_samples, 3 * num_clusters if init_size < num_clusters else init_size)
         validation = None if init_size >= num_samples else rng.integers(0, num_samples, init_size)
+        # With init_size covering the data, every initialisation sees all of it: sent once.
+        everything = None if validation is not None else (device_x, device_w) if full_batch else rows(slice(None))
         best, best_inertia = None, np.inf
         for key_i in jax.random.split(init_key, n_init):
-            if init_size >= num_samples:
-                sample_x, sample_w = (device_x, device_w) if full_batch else rows(slice(None))
-            else:
-                sample_x, sample_w = rows(rng.integers(0, num_samples, init_size))
+            sample_x, sample_w = everything or rows(rng.integers(0, num_samples, init_size))
             centres = _initial_centres(key_i, sample_x, sample_w, num_clusters=num_clusters, init=init,
-                                       num_local_trials=2 + int(math.log(num_clusters)))
+                                       num_local_trials=local_trials(None, num_clusters))
             check_x, check_w = (sample_x, sample_w) if validation is None else rows(validation)
             inertia = float(kmeans_predict(check_x, centres, sample_weight=check_w)[1])
             if inertia < best_inertia:
@@ -208,7 +201,7 @@ def minibatch_kmeans(key: Any, x: Any, num_clusters: int, *, batch_size: int = 1
     state = init_state(centres)
     num_steps = max_iter * num_samples // batch_size
     tol = jnp.asarray(tol, dtype)
-    step = functools.partial(minibatch_step, num_samples=num_samples, reassignment_ratio=float(reassignment_ratio),
+    step = functools.partial(minibatch_step, num_samples=num_samples, reassignment_ratio=reassignment_ratio,
                              max_no_improvement=max_no_improvement)
     previous = None
     with tqdm(total=num_steps, desc="mini-batch k-means", disable=not progress, leave=False) as bar:

@@ -56,11 +56,19 @@ def check_num_clusters(num_clusters: Any, num_samples: int, name: str = "num_clu
 
 
 def as_sample_weight(sample_weight: Any, num_samples: int, dtype: Any) -> jax.Array:
-    """Weights ``(n,)``: all ones by default; refused if negative, non-finite or all zero."""
+    """Weights ``(n,)`` on the device: all ones by default (see ``check_sample_weight``)."""
     if sample_weight is None:
         return jnp.ones(num_samples, dtype)
     if isinstance(sample_weight, jax.core.Tracer):
         return sample_weight.astype(dtype)
+    return jnp.asarray(check_sample_weight(sample_weight, num_samples), dtype)
+
+
+def check_sample_weight(sample_weight: Any, num_samples: int) -> np.ndarray:
+    """Weights ``(n,)`` on the host in float64: all ones by default; refused if negative,
+    non-finite, all zero or of the wrong shape."""
+    if sample_weight is None:
+        return np.ones(num_samples)
     weights = np.asarray(sample_weight, dtype=np.float64)
     if weights.shape != (num_samples,):
         raise ValueError(f"sample_weight must have shape ({num_samples},), one weight per sample, "
@@ -71,7 +79,7 @@ def as_sample_weight(sample_weight: Any, num_samples: int, dtype: Any) -> jax.Ar
         raise ValueError(f"sample_weight must be non-negative, got a minimum of {weights.min()!r}")
     if not np.any(weights > 0):
         raise ValueError("sample_weight must have at least one positive weight, got all zeros")
-    return jnp.asarray(weights, dtype)
+    return weights
 
 
 def check_key(key: Any) -> jax.Array:
