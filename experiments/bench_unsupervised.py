@@ -7,7 +7,8 @@ Expected: per Lloyd iteration, jmeta at or below scikit-learn's seconds at 20k x
           equal to 1e-5 relative; k-means++ and PCA within small factors of
           scikit-learn's; the ratios are in ``ratios`` of the JSON.
 
-Each workload runs both libraries on the same float32 data, rows alternating in rounds
+The Lloyd workloads also time ``n_init=restarts`` k-means++ fits (one ``vmap``) against
+as many single fits one after another, both jmeta. Each workload runs both libraries on the same float32 data, rows alternating in rounds
 (this machine's speed drifts 10-30%), and keeps each row's fastest round. Lloyd rows run
 ``lloyd_iters`` iterations from the same initial centres with ``tol=0``; their seconds
 per iteration are the fit's seconds over its ``n_iter_``. Compile seconds are the first
@@ -45,6 +46,7 @@ class Config:
     batch_size: int = 1024
     pca_shape: str = "50000x784x50"                                   # rows x features x components
     pca_solvers: tuple[str, ...] = ("covariance_eigh", "full", "randomized")
+    restarts: int = 4                                                 # n_init against as many single fits
     rounds: int = 3
     seed: int = 0
 
@@ -115,9 +117,19 @@ def _lloyd(shape: str, config: Config) -> list[dict]:
     def theirs_pp():
         sklearn.cluster.kmeans_plusplus(x, k, random_state=config.seed)
 
+    def restarts():
+        jax.block_until_ready(kmeans(0, device_x, k, n_init=config.restarts, max_iter=config.lloyd_iters, tol=0.0))
+
+    def single_fits():
+        for seed in range(config.restarts):
+            jax.block_until_ready(kmeans(seed, device_x, k, max_iter=config.lloyd_iters, tol=0.0))
+
     first = _timed(ours)
     first_pp = _timed(ours_pp)
-    best = _alternate({"jmeta": ours, "sklearn": theirs, "jmeta_pp": ours_pp, "sklearn_pp": theirs_pp}, config.rounds)
+    restarts()
+    single_fits()
+    best = _alternate({"jmeta": ours, "sklearn": theirs, "jmeta_pp": ours_pp, "sklearn_pp": theirs_pp,
+                       "restarts": restarts, "single_fits": single_fits}, config.rounds)
     ours_iters, their_iters = int(out["jmeta"].num_iters), int(out["sklearn"].n_iter_)
     memory = _temp_mib(_kmeans, jax.random.key(0), device_x, jnp.ones(rows), jnp.asarray(init),
                        jnp.asarray(1), jnp.asarray(0.0), num_clusters=k, init="array", n_init=1,
@@ -126,7 +138,8 @@ def _lloyd(shape: str, config: Config) -> list[dict]:
     return [{**common, "library": "jmeta", "seconds_per_iter": best["jmeta"] / ours_iters, "iters": ours_iters,
              "compile_seconds": first - best["jmeta"], "kmeanspp_seconds": best["jmeta_pp"],
              "kmeanspp_compile_seconds": first_pp - best["jmeta_pp"], "inertia": float(out["jmeta"].inertia),
-             "peak_temp_mib": memory},
+             "peak_temp_mib": memory, "restarts": config.restarts, "restarts_seconds": best["restarts"],
+             "single_fits_seconds": best["single_fits"]},
             {**common, "library": "scikit-learn", "seconds_per_iter": best["sklearn"] / their_iters,
              "iters": their_iters, "compile_seconds": 0.0, "kmeanspp_seconds": best["sklearn_pp"],
              "kmeanspp_compile_seconds": 0.0, "inertia": float(out["sklearn"].inertia_), "peak_temp_mib": None}]
@@ -217,6 +230,9 @@ def _ratios(rows: list[dict]) -> dict:
     for shape in {r["shape"] for r in rows if r["workload"] == "lloyd"}:
         ratios[f"lloyd {shape}: jmeta s/iter over scikit-learn"] = pair("lloyd", "seconds_per_iter", shape=shape)
         ratios[f"k-means++ {shape}: jmeta s over scikit-learn"] = pair("lloyd", "kmeanspp_seconds", shape=shape)
+        ours = next(r for r in rows if r["workload"] == "lloyd" and r["shape"] == shape and r["library"] == "jmeta")
+        ratios[f"restarts {shape}: n_init={ours['restarts']} s over {ours['restarts']} single fits"] = (
+            ours["restarts_seconds"] / ours["single_fits_seconds"])
         inertias = {r["library"]: r["inertia"] for r in rows if r["workload"] == "lloyd" and r["shape"] == shape}
         ratios[f"lloyd {shape}: inertia relative difference"] = abs(inertias["jmeta"] / inertias["scikit-learn"] - 1)
     if any(r["workload"] == "minibatch" for r in rows):
@@ -246,7 +262,7 @@ def _table(rows: list[dict]) -> str:
 
 
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
-    check_fields(config, positive_ints=("lloyd_iters", "minibatch_steps", "batch_size", "rounds"))
+    check_fields(config, positive_ints=("lloyd_iters", "minibatch_steps", "batch_size", "restarts", "rounds"))
     for shape in config.lloyd_shapes:
         _shape(shape, "lloyd_shapes")
     if config.minibatch_shape:
