@@ -466,3 +466,21 @@ def conv4_learner(key: jax.Array, image_shape: Sequence[int] = (28, 28, 1), ways
                          f"got image_shape {tuple(image_shape)}; use strided=True or larger images")
     module = Conv4(ways, check_positive_int("filters", filters), strided, conv, keep_patches)
     return make_learner(name, module, key, jnp.zeros((2, *image_shape), jnp.float32), adapt=adapt)
+
+
+def with_linear_head(embedding: Learner, sample_x: jax.Array, ways: int, *, adapt: str = "all") -> Learner:
+    """``embedding`` followed by a linear ``head`` of ``ways`` outputs, for the MAML family.
+
+    The params are ``{"body": embedding.params, "head": {"kernel", "bias"}}``, so the body
+    alone still embeds (``embedding.apply_fn(params["body"], x)``) and ANIL's
+    ``adapt="head"`` finds the head. The kernel starts at zero, as MAML's output layer
+    starts indifferent to the classes.
+    """
+    ways = check_positive_int("ways", ways)
+    features = jax.eval_shape(embedding.apply_fn, embedding.params, sample_x).shape[-1]
+    params = {"body": embedding.params, "head": {"kernel": jnp.zeros((features, ways)), "bias": jnp.zeros((ways,))}}
+
+    def apply_fn(p, x):
+        return embedding.apply_fn(p["body"], x) @ p["head"]["kernel"] + p["head"]["bias"][None, :]
+
+    return Learner(f"{embedding.name}+head", apply_fn, params, head_mask(params, adapt))

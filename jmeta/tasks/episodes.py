@@ -84,11 +84,18 @@ def make_episode_sampler(data: Any, ways: int, shots: int, queries: int, *, rota
         images = data[classes[:, None], examples]  # (ways, shots + queries, H, W, C)
         if rotations:
             images = jax.vmap(lambda per_class, k: jax.vmap(lambda image: _rotate(image, k))(per_class))(images, turns)
-        labels = jax.random.permutation(label_key, ways).astype(jnp.int32)
-        support_y = jnp.repeat(labels, shots)
-        query_y = jnp.repeat(labels, queries)
-        image_shape = images.shape[2:]
-        return Task(Batch(images[:, :shots].reshape((ways * shots,) + image_shape), support_y),
-                    Batch(images[:, shots:].reshape((ways * queries,) + image_shape), query_y))
+        return episode_from_classes(label_key, images, shots)
 
     return sample
+
+
+def episode_from_classes(key: jax.Array, examples: jax.Array, shots: int) -> Task:
+    """The ``Task`` of ``examples`` ``(ways, shots + queries, ...)`` (one row per class): the
+    first ``shots`` of each row support, the rest query, classes relabelled ``0..ways-1`` in
+    the random order ``key`` draws (so that a label carries nothing across episodes)."""
+    ways, per_class = examples.shape[:2]
+    queries = per_class - shots
+    labels = jax.random.permutation(key, ways).astype(jnp.int32)
+    shape = examples.shape[2:]
+    return Task(Batch(examples[:, :shots].reshape((ways * shots,) + shape), jnp.repeat(labels, shots)),
+                Batch(examples[:, shots:].reshape((ways * queries,) + shape), jnp.repeat(labels, queries)))
