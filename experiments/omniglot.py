@@ -22,6 +22,7 @@ import os
 import jax
 import numpy as np
 
+from jmeta.experiments._episodes import plot_episodes
 from jmeta import algorithms
 from jmeta.data import load_omniglot
 from jmeta.data.omniglot import ClassImages
@@ -144,33 +145,12 @@ def _evaluate(config, meta_learner, meta_params, data, ways, shots, groups=None,
 
 
 def _plot(config, meta_learner, meta_params, data, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sampler = make_episode_sampler(data.images, 5, 1, 2)
-    tasks = sample_tasks(sampler, jax.random.key(config.seed + 7), config.plot_episodes)
-    figure, axes = plt.subplots(config.plot_episodes, 15, figsize=(15, 1.3 * config.plot_episodes), squeeze=False)
-    for row in range(config.plot_episodes):
-        task = jax.tree_util.tree_map(lambda leaf: leaf[row], tasks)
+    def predict(task):
         adapted, _ = meta_learner.adapt(meta_params, task.support, config.maml_steps)
-        predicted = np.argmax(np.asarray(meta_learner.predict(meta_params, adapted, task.query.x)), axis=-1)
-        order = np.argsort(np.asarray(task.support.y))
-        for column, index in enumerate(order):
-            axes[row, column].imshow(np.asarray(task.support.x[index, ..., 0]), cmap="gray_r")
-            axes[row, column].set_title(f"class {int(task.support.y[index])}", fontsize=7)
-        for column, index in enumerate(range(len(predicted)), start=5):
-            right = predicted[index] == int(task.query.y[index])
-            axes[row, column].imshow(np.asarray(task.query.x[index, ..., 0]), cmap="Greens" if right else "Reds")
-            axes[row, column].set_title(f"{predicted[index]} ({'ok' if right else int(task.query.y[index])})",
-                                        fontsize=7)
-    for axis in axes.ravel():
-        axis.axis("off")
-    figure.suptitle("5-way 1-shot episodes on unseen alphabets: support (left), queries with predicted class")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+        return np.argmax(np.asarray(meta_learner.predict(meta_params, adapted, task.query.x)), axis=-1)
+
+    plot_episodes(predict, data.images, path, episodes=config.plot_episodes, key=jax.random.key(config.seed + 7),
+                  title="5-way 1-shot episodes on unseen alphabets: support (left), queries with predicted class")
 
 
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:

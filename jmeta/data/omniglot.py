@@ -52,10 +52,17 @@ def decode_image(data: bytes, image_size: int) -> np.ndarray:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as image:
-        gray = image.convert("L")
-        if gray.size != (image_size, image_size):
-            gray = gray.resize((image_size, image_size), Image.Resampling.BOX)
-        return (1.0 - np.asarray(gray, np.float32) / 255.0)[..., None]
+        return _resize_grey(np.asarray(image.convert("L")), image_size)
+
+
+def _resize_grey(grey: np.ndarray, image_size: int) -> np.ndarray:
+    """An 8-bit grey drawing (255 = background) as ``(size, size, 1)`` float32 strokes."""
+    from PIL import Image
+
+    image = Image.fromarray(grey, mode="L")
+    if image.size != (image_size, image_size):
+        image = image.resize((image_size, image_size), Image.Resampling.BOX)
+    return (1.0 - np.asarray(image, np.float32) / 255.0)[..., None]
 
 
 def _png_names(path: str) -> list[str]:
@@ -238,3 +245,28 @@ def write_oneshot_runs(background: str | os.PathLike, destination: str | os.Path
                 lines.append((item_name, class_name))
             out.writestr(f"run{run:02d}/class_labels.txt", "".join(f"{i} {c}\n" for i, c in sorted(lines)))
     return os.fspath(destination)
+
+
+def load_omniglot_arrays(path: str | os.PathLike, image_size: int = 28, rows: Sequence[int] | None = None) -> ClassImages:
+    """Omniglot as one ``.npz`` of ``images`` ``(characters, drawers, 105, 105)`` bool (``True`` =
+    background, as in the PNGs) and ``labels``: the layout of ``images_background.npz``.
+
+    Each image is resized and inverted exactly as ``load_omniglot`` decodes a PNG (Pillow's
+    box filter on the 8-bit grey image, strokes 1.0), so both readers give the same pixels.
+    ``rows`` keeps those characters only (in that order); class names are ``"row R"``.
+    """
+    path = os.fspath(path)
+    image_size = check_positive_int("image_size", image_size)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no Omniglot arrays at {path}")
+    with np.load(path, allow_pickle=False) as stored:
+        if "images" not in stored or stored["images"].ndim != 4:
+            raise ValueError(f"{path} must hold 'images' (characters, drawers, height, width); it holds "
+                             f"{sorted(stored.keys())}")
+        images = stored["images"]
+    index = np.arange(len(images)) if rows is None else np.asarray(rows, np.int64)
+    if index.size == 0 or index.min() < 0 or index.max() >= len(images):
+        raise ValueError(f"rows must be indices in [0, {len(images)}), got {index.min()}..{index.max()}")
+    resized = np.stack([np.stack([_resize_grey(drawing.astype(np.uint8) * 255, image_size) for drawing in drawings])
+                        for drawings in images[index]])
+    return ClassImages(resized, tuple(f"row {r}" for r in index), np.zeros(len(index), np.int32), ("all",))
