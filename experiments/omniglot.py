@@ -77,7 +77,8 @@ class Config(Training):
     plot_episodes: int = 3
 
 
-def _setting(text: str) -> tuple[int, int]:
+def parse_setting(text: str) -> tuple[int, int]:
+    """``"5x1"`` as ``(ways, shots)``, or a ``ValueError`` naming ``settings``."""
     try:
         ways, shots = (int(part) for part in text.lower().split("x"))
     except ValueError:
@@ -154,7 +155,7 @@ def _plot(config, meta_learner, meta_params, data, path):
 
 
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
-    settings = [_setting(s) for s in config.settings]
+    settings = [parse_setting(s) for s in config.settings]
     for method in config.methods:
         if method != "protonet":
             algorithms.algorithm_config(method)

@@ -5,12 +5,14 @@ Command:  jmeta run unsupervised-fewshot                      (Omniglot, held-ou
                                                                characters, test on PATH's)
           jmeta run unsupervised-fewshot dataset=digits
           jmeta run unsupervised-fewshot dataset=mnist mnist=DIR
-Runtime:  about 12 minutes on a 2-core laptop CPU (Omniglot); digits about 2 minutes.
+Runtime:  about 10 minutes on a 2-core laptop CPU (Omniglot); digits about 2 minutes.
 Expected: accuracy (mean ± 95% CI over ``eval_tasks`` tasks) of jmeta's unsupervised
-          meta-learner after each round, beside the label-free baselines CACTUs reports
-          (nearest neighbour and logistic regression on the PCA embedding, nearest neighbour
-          on pixels), the same network trained from scratch on each task and the same
-          network meta-trained with the fit set's true labels (the supervised ceiling).
+          meta-learner, beside the label-free baselines CACTUs reports (nearest neighbour
+          and logistic regression on the PCA embedding, nearest neighbour on pixels), the
+          same network trained from scratch on each task and the same network meta-trained
+          with the fit set's true labels (the supervised ceiling), and a table of the
+          rounds. Omniglot: about 89% 5-way 1-shot and 70% 20-way 1-shot (PCA + nearest
+          neighbour about 54% and 33%); digits: about 78% 10-way 1-shot (65%).
 
 Data. ``omniglot``: ``images_background.npz`` (964 characters × 20 drawers, 28x28 by area
 averaging); without ``eval`` the meta-learner fits, with no label, on rows below
@@ -38,6 +40,7 @@ import optax
 from jmeta.data.classes import class_indexed, read_idx
 from jmeta.data.omniglot import ClassImages, load_omniglot_arrays
 from jmeta.experiments._episodes import plot_episodes
+from jmeta.experiments.omniglot import parse_setting
 from jmeta.losses import cross_entropy
 from jmeta.models import conv4_learner, with_linear_head
 from jmeta.objective import MetaLearnerConfig, make_meta_learner
@@ -94,16 +97,6 @@ class Config:
     seed: int = 0
 
 
-def _setting(text: str) -> tuple[int, int]:
-    try:
-        ways, shots = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"settings: {text!r} is not WAYSxSHOTS (for example 5x1)") from None
-    if ways < 2 or shots < 1:
-        raise ValueError(f"settings: {text!r} needs at least 2 ways and 1 shot")
-    return ways, shots
-
-
 def check_config(config: Config) -> list[tuple[int, int]]:
     """Every field checked before any data is read; returns the (ways, shots) settings."""
     check_choice("dataset", config.dataset, DATASETS)
@@ -114,7 +107,7 @@ def check_config(config: Config) -> list[tuple[int, int]]:
                  at_least_two=("ways",))
     if config.dataset == "mnist" and not config.mnist:
         raise ValueError("dataset=mnist needs mnist=DIR, the folder of MNIST's IDX files")
-    return [_setting(s) for s in (config.settings or DEFAULT_SETTINGS[config.dataset])]
+    return [parse_setting(s) for s in (config.settings or DEFAULT_SETTINGS[config.dataset])]
 
 
 def _find(directory: str, stem: str) -> str:
@@ -159,7 +152,7 @@ def load_split(config: Config) -> tuple[np.ndarray, np.ndarray, ClassImages, str
     return x[:half], y[:half], class_indexed(x[half:], y[half:]), f"fit on MNIST images 0-{half - 1}, tested on the rest"
 
 
-def test_tasks(config: Config, test: ClassImages, ways: int, shots: int, num_tasks: int, salt: int = 0) -> Task:
+def evaluation_tasks(config: Config, test: ClassImages, ways: int, shots: int, num_tasks: int, salt: int = 0) -> Task:
     """The fixed evaluation tasks of one setting (the same for every method)."""
     key = jax.random.fold_in(jax.random.key(config.seed + 10**6), ways * 1000 + shots * 10 + salt)
     return sample_tasks(make_episode_sampler(test.images, ways, shots, config.eval_queries), key, num_tasks)
@@ -205,7 +198,7 @@ def baseline_accuracies(method: str, tasks: Task, ways: int, projection=None) ->
 def scratch_accuracies(config: Config, model: UnsupervisedMetaLearner, tasks: Task, ways: int) -> np.ndarray:
     """The same network, randomly initialised, trained on each task's support set alone
     (``scratch_steps`` steps of gradient descent at ``scratch_lr``)."""
-    learner = with_linear_head(model._embedding, tasks.support.x[0, :2], ways)
+    learner = with_linear_head(model.learner_, tasks.support.x[0, :2], ways)
     scratch = make_meta_learner(learner, MetaLearnerConfig(loss="ce", inner_lr=config.scratch_lr,
                                                            num_inner_steps=config.scratch_steps, peel_first_step=False))
     evaluate = jax.jit(lambda tasks: scratch.evaluate(scratch.init(), tasks, config.scratch_steps)["accuracy"][:, -1])
@@ -221,7 +214,7 @@ def supervised_ceiling(config: Config, model: UnsupervisedMetaLearner, images: n
     partitions = make_partitions(classes[None, :], int(classes.max()) + 1, config.shots + config.queries)
     sampler = make_pseudo_task_sampler(images, partitions, config.ways, config.shots, config.queries,
                                        max_shift=model.shift_)
-    meta_learner = make_protonet(model._embedding, config.ways)
+    meta_learner = make_protonet(model.learner_, config.ways)
     meta_step = make_meta_step(meta_learner, sampler, config.meta_batch, default_optimizer(config.outer_lr))
     steps = config.rounds * config.steps_per_round
     log_every = min(100, steps)
@@ -232,7 +225,7 @@ def supervised_ceiling(config: Config, model: UnsupervisedMetaLearner, images: n
 
 
 def _protonet_accuracies(model: UnsupervisedMetaLearner, meta_params, tasks: Task, ways: int) -> np.ndarray:
-    meta_learner = make_protonet(model._embedding, ways)
+    meta_learner = make_protonet(model.learner_, ways)
     evaluate = jax.jit(lambda tasks: meta_learner.evaluate(meta_params, tasks)["accuracy"][:, -1])
     return np.concatenate([np.asarray(evaluate(jax.tree_util.tree_map(lambda leaf: leaf[i:i + 100], tasks)))
                            for i in range(0, tasks.support.y.shape[0], 100)])
@@ -266,7 +259,7 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
                          f"{test.images.shape[0]} classes")
     model = make_model(config, images.shape[1:], progress)
     round_ways, round_shots = settings[0]
-    round_tasks = test_tasks(config, test, round_ways, round_shots, config.round_tasks, salt=1)
+    round_tasks = evaluation_tasks(config, test, round_ways, round_shots, config.round_tasks, salt=1)
     started = time.perf_counter()
     model.fit(images, eval_labels=labels, eval_tasks=round_tasks, run=run)
     fit_s = time.perf_counter() - started
@@ -286,7 +279,7 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
                                                                                       projection),
                  "pixels + nearest neighbour": lambda tasks, ways: baseline_accuracies("pixels-nn", tasks, ways)}
     for ways, shots in settings:
-        tasks = test_tasks(config, test, ways, shots, config.eval_tasks)
+        tasks = evaluation_tasks(config, test, ways, shots, config.eval_tasks)
         name = f"{ways}-way {shots}-shot"
         for method, score in {**methods, **baselines}.items():
             results.setdefault(method, {})[name] = run.stage(f"eval-{method}-{name}".replace(" ", "_"),

@@ -124,6 +124,8 @@ class UnsupervisedMetaLearner:
       history_: one dict per round (see ``fit``).
       projection_: the ``PCAResult`` of the projection (``None`` for t-SNE).
       shift_: the ``max_shift`` used.
+      learner_: the embedding ``Learner`` (``learner`` or the default one) at its initial
+        parameters; ``learner_.apply_fn(body, x)`` embeds with meta-trained ones.
 
     Example::
 
@@ -225,7 +227,7 @@ class UnsupervisedMetaLearner:
         return make_meta_learner(learner, config), embedding, lambda meta_params: meta_params.learners[0]["body"]
 
     def _make_embed(self):
-        embedding, body = self._embedding, self._body
+        embedding, body = self.learner_, self._body
 
         @jax.jit
         def embed(meta_params, x):
@@ -274,7 +276,7 @@ class UnsupervisedMetaLearner:
             validate_tasks(eval_tasks)
         key = jax.random.key(self.seed)
         partition_key, model_key, train_key, round_key, score_key = jax.random.split(key, 5)
-        self._meta_learner, self._embedding, self._body = self._build(model_key, x)
+        self._meta_learner, self.learner_, self._body = self._build(model_key, x)
         self._embed = self._make_embed()
         self._scorers = {}
         data = jnp.asarray(x)
@@ -385,7 +387,7 @@ class UnsupervisedMetaLearner:
 
     def _meta_learner_for(self, ways: int):
         if self.algorithm == "protonet":
-            return make_protonet(self._embedding, ways) if ways != self.ways else self._meta_learner
+            return make_protonet(self.learner_, ways) if ways != self.ways else self._meta_learner
         if ways != self.ways:
             raise ValueError(f"algorithm={self.algorithm!r} has a head of ways = {self.ways} outputs; got a task of "
                              f"{ways} classes (prototypical networks take any number)")
