@@ -294,3 +294,24 @@ def test_mnist_split_reads_idx_files_and_halves_them(tmp_path):
     chex.assert_shape(test.images, (10, 2, 28, 28, 1))
     with pytest.raises(ValueError, match="dataset=mnist needs mnist=DIR"):
         experiment.check_config(experiment.Config(dataset="mnist"))
+
+
+def test_omniglot_split_holds_out_rows_or_fits_everything_when_eval_is_given(tmp_path):
+    from jmeta.cli import load_experiment
+
+    rng = np.random.default_rng(1)
+    for name, rows in (("background.npz", 6), ("evaluation.npz", 3)):
+        np.savez(tmp_path / name, images=rng.random((rows, 2, 105, 105)) > 0.5,
+                 labels=np.repeat(np.arange(rows), 2).reshape(rows, 2))
+    experiment = load_experiment("unsupervised-fewshot")
+    held_out = experiment.Config(omniglot=str(tmp_path / "background.npz"), holdout_from=4)
+    fit_x, fit_y, test, _ = experiment.load_split(held_out)
+    chex.assert_shape(fit_x, (8, 28, 28, 1))
+    np.testing.assert_array_equal(fit_y, [0, 0, 1, 1, 2, 2, 3, 3])
+    assert test.class_names == ("row 4", "row 5")
+    full = dataclasses.replace(held_out, eval=str(tmp_path / "evaluation.npz"))
+    fit_x, _, test, _ = experiment.load_split(full)
+    chex.assert_shape(fit_x, (12, 28, 28, 1))
+    chex.assert_shape(test.images, (3, 2, 28, 28, 1))
+    with pytest.raises(ValueError, match=r"holdout_from must be in \(0, 6\)"):
+        experiment.load_split(dataclasses.replace(held_out, holdout_from=6))
