@@ -1,15 +1,30 @@
 """Rank promotion raises in every test: a (K,) target against (K, 1) predictions would
 otherwise broadcast silently to (K, K) and give a wrong loss that still trains.
 
+Every compiled executable keeps a few memory mappings until JAX's caches are cleared (about
+3 per jitted function, 11 per line of eager code with a new shape, measured here), and
+Linux allows 65,530 per process (``vm.max_map_count``): the whole suite in one process ran
+past that and XLA segfaulted while compiling. The caches are cleared after each test module.
+
 Dtype promotion stays at JAX's standard setting: strict mode rejects optax's own Adam
 bias correction (a Python float raised to an int32 step count), so it cannot be on
 around the outer step.
 """
 
+import gc
+
 import jax
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_code():
+    """Frees each module's compiled executables (and their memory mappings) when it ends."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture
