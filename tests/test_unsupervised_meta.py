@@ -215,6 +215,9 @@ def test_adapt_before_fit_and_eval_labels_of_the_wrong_length_are_refused():
         _features_model().adapt(np.zeros((2, 3)), np.array([0, 1]))
     with pytest.raises(ValueError, match=r"eval_labels must have shape \(40,\)"):
         _features_model().fit(np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32), eval_labels=[0, 1])
+    x, truth = make_blobs(40, centers=2, n_features=3, random_state=0)
+    with pytest.raises(ValueError, match=r"eval_tasks hold examples of shape \(2,\) but X's are \(3,\)"):
+        _features_model().fit(x.astype(np.float32), eval_tasks=_feature_tasks(x[:, :2], truth, 2, 1, 1, 2))
 
 
 def test_omniglot_arrays_give_the_pixels_of_the_png_reader(tmp_path):

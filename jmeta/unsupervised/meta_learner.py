@@ -274,6 +274,9 @@ class UnsupervisedMetaLearner:
                                  f"{eval_labels.shape}")
         if eval_tasks is not None:
             validate_tasks(eval_tasks)
+            if np.shape(eval_tasks.support.x)[2:] != x.shape[1:]:
+                raise ValueError(f"eval_tasks hold examples of shape {np.shape(eval_tasks.support.x)[2:]} but X's "
+                                 f"are {x.shape[1:]}")
         key = jax.random.key(self.seed)
         partition_key, model_key, train_key, round_key, score_key = jax.random.split(key, 5)
         self._meta_learner, self.learner_, self._body = self._build(model_key, x)
