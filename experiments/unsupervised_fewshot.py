@@ -51,7 +51,7 @@ from jmeta.runs import RunDir
 from jmeta.stats import format_mean_ci, markdown_table, mean_ci95
 from jmeta.tasks import Task, make_episode_sampler, sample_tasks
 from jmeta.training import fit
-from jmeta.unsupervised.meta_learner import UnsupervisedMetaLearner, plot_history
+from jmeta.unsupervised.meta_learner import UnsupervisedMetaLearner, plot_history, task_accuracies
 from jmeta.unsupervised.pca import pca_transform
 from jmeta.unsupervised.tasks import make_partitions, make_pseudo_task_sampler
 from jmeta.validation import check_choice, check_fields
@@ -125,11 +125,14 @@ def load_split(config: Config) -> tuple[np.ndarray, np.ndarray, ClassImages, str
             test = load_omniglot_arrays(config.eval)
             description = f"fit on all {len(background.class_names)} characters, tested on {config.eval}"
         else:
-            total = np.load(config.omniglot, mmap_mode="r")["labels"].shape[0]
+            # One read of the file: the fit and test characters are two slices of it.
+            every = load_omniglot_arrays(config.omniglot)
+            total = len(every.class_names)
             if not 0 < config.holdout_from < total:
                 raise ValueError(f"holdout_from must be in (0, {total}), got {config.holdout_from}")
-            background = load_omniglot_arrays(config.omniglot, rows=range(config.holdout_from))
-            test = load_omniglot_arrays(config.omniglot, rows=range(config.holdout_from, total))
+            background, test = (ClassImages(every.images[rows], every.class_names[rows], every.groups[rows],
+                                            every.group_names)
+                                for rows in (slice(None, config.holdout_from), slice(config.holdout_from, None)))
             description = (f"fit on characters 0-{config.holdout_from - 1}, tested on the "
                            f"{total - config.holdout_from} characters of the alphabets from row {config.holdout_from}")
         classes, drawers = background.images.shape[:2]
@@ -201,9 +204,8 @@ def scratch_accuracies(config: Config, model: UnsupervisedMetaLearner, tasks: Ta
     learner = with_linear_head(model.learner_, tasks.support.x[0, :2], ways)
     scratch = make_meta_learner(learner, MetaLearnerConfig(loss="ce", inner_lr=config.scratch_lr,
                                                            num_inner_steps=config.scratch_steps, peel_first_step=False))
-    evaluate = jax.jit(lambda tasks: scratch.evaluate(scratch.init(), tasks, config.scratch_steps)["accuracy"][:, -1])
-    return np.concatenate([np.asarray(evaluate(jax.tree_util.tree_map(lambda leaf: leaf[i:i + 50], tasks)))
-                           for i in range(0, tasks.support.y.shape[0], 50)])
+    evaluate = jax.jit(lambda meta_params, tasks: scratch.evaluate(meta_params, tasks, config.scratch_steps))
+    return task_accuracies(evaluate, scratch.init(), tasks, chunk=50)
 
 
 def supervised_ceiling(config: Config, model: UnsupervisedMetaLearner, images: np.ndarray, labels: np.ndarray,
@@ -225,10 +227,7 @@ def supervised_ceiling(config: Config, model: UnsupervisedMetaLearner, images: n
 
 
 def _protonet_accuracies(model: UnsupervisedMetaLearner, meta_params, tasks: Task, ways: int) -> np.ndarray:
-    meta_learner = make_protonet(model.learner_, ways)
-    evaluate = jax.jit(lambda tasks: meta_learner.evaluate(meta_params, tasks)["accuracy"][:, -1])
-    return np.concatenate([np.asarray(evaluate(jax.tree_util.tree_map(lambda leaf: leaf[i:i + 100], tasks)))
-                           for i in range(0, tasks.support.y.shape[0], 100)])
+    return task_accuracies(jax.jit(make_protonet(model.learner_, ways).evaluate), meta_params, tasks)
 
 
 def _summary(accuracies: np.ndarray) -> dict:

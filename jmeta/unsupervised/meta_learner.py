@@ -435,18 +435,21 @@ class UnsupervisedMetaLearner:
         self._check_fitted()
         validate_tasks(tasks)
         ways = int(np.max(np.asarray(tasks.support.y))) + 1
-        scorer = self._scorer(ways)
-        num_tasks = tasks.support.y.shape[0]
-        accuracies = []
-        for start in range(0, num_tasks, chunk):
-            part = jax.tree_util.tree_map(lambda leaf: leaf[start:start + chunk], tasks)
-            accuracies.append(np.asarray(scorer(self.meta_params_, part)["accuracy"][:, -1]))
-        return np.concatenate(accuracies)
+        return task_accuracies(self._scorer(ways), self.meta_params_, tasks, chunk)
 
     def plot_history(self, path: str | None = None):
         """The per-round history as a figure (saved to ``path`` if given); returns the figure."""
         self._check_fitted()
         return plot_history(self.history_, path)
+
+
+def task_accuracies(evaluate, meta_params, tasks: Task, chunk: int = 100) -> np.ndarray:
+    """Query accuracy after the last inner step of every task, ``(num_tasks,)``, from a jitted
+    ``evaluate(meta_params, tasks) -> {"accuracy": (num_tasks, steps + 1)}`` (a
+    ``MetaLearner.evaluate``) run on ``chunk`` tasks at a time to bound the memory."""
+    num_tasks = tasks.support.y.shape[0]
+    return np.concatenate([np.asarray(evaluate(meta_params, jax.tree_util.tree_map(
+        lambda leaf: leaf[start:start + chunk], tasks))["accuracy"][:, -1]) for start in range(0, num_tasks, chunk)])
 
 
 def _nmi(previous: np.ndarray, labels: np.ndarray) -> float:
