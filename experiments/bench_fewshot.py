@@ -44,7 +44,8 @@ import numpy as np
 from jmeta import algorithms
 from jmeta.checkpoint import atomic_write_json, atomic_write_text
 from jmeta.experiments._learn2learn import load_maml
-from jmeta.models import CONV_IMPLEMENTATIONS, conv4_learner
+from jmeta.models import conv4_learner
+from jmeta.ops import CONV_IMPLEMENTATIONS
 from jmeta.objective import make_meta_learner
 from jmeta.outer import default_optimizer, make_meta_step
 from jmeta.protonet import make_protonet
