@@ -10,8 +10,17 @@ import numpy as np
 from jmeta.tasks import make_episode_sampler, sample_tasks
 
 
-def plot_episodes(predict: Callable, images: np.ndarray, path: str, *, episodes: int, key: jax.Array,
-                  title: str, ways: int = 5, queries: int = 2) -> None:
+def plot_episodes(
+    predict: Callable,
+    images: np.ndarray,
+    path: str,
+    *,
+    episodes: int,
+    key: jax.Array,
+    title: str,
+    ways: int = 5,
+    queries: int = 2,
+) -> None:
     """Saves ``episodes`` ``ways``-way 1-shot episodes of class-indexed ``images``; ``predict(task)``
     returns the predicted query labels of one task. Right predictions are green, wrong red."""
     import matplotlib
@@ -30,9 +39,12 @@ def plot_episodes(predict: Callable, images: np.ndarray, path: str, *, episodes:
             axes[row, column].set_title(f"class {int(task.support.y[index])}", fontsize=7)
         for column, index in enumerate(range(len(predicted)), start=ways):
             right = predicted[index] == int(task.query.y[index])
-            axes[row, column].imshow(np.asarray(task.query.x[index, ..., 0]), cmap="Greens" if right else "Reds")
-            axes[row, column].set_title(f"{predicted[index]} ({'ok' if right else int(task.query.y[index])})",
-                                        fontsize=7)
+            axes[row, column].imshow(
+                np.asarray(task.query.x[index, ..., 0]), cmap="Greens" if right else "Reds"
+            )
+            axes[row, column].set_title(
+                f"{predicted[index]} ({'ok' if right else int(task.query.y[index])})", fontsize=7
+            )
     for axis in axes.ravel():
         axis.axis("off")
     figure.suptitle(title)

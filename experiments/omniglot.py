@@ -11,7 +11,8 @@ Expected: accuracy (mean ± 95% CI over 600 tasks) on the characters of the alph
 
 The network is conv4 with stride-2 convolutions (MAML's Omniglot form; faster to train on
 CPU than the pooled form) on 28x28 images, trained on 90-degree rotations as new classes.
-Meta-batches run in chunks of ``task_chunk`` tasks (faster on CPU; 0 = one vmap).
+``execution`` names how XLA runs it (``jmeta.execution``): ``cpu-conv`` by default, tasks in
+chunks of 2 and one jitted call per meta-step; ``gpu`` on a GPU. It changes no number.
 """
 
 from __future__ import annotations
@@ -22,21 +23,24 @@ import os
 import jax
 import numpy as np
 
-from jmeta.experiments._episodes import plot_episodes
 from jmeta import algorithms
 from jmeta.data import load_omniglot
 from jmeta.data.omniglot import ClassImages
+from jmeta.evaluate import evaluate, evaluation_tasks
+from jmeta.execution import execution_preset
+from jmeta.experiments._episodes import plot_episodes
 from jmeta.models import conv4_learner
 from jmeta.objective import make_meta_learner
-from jmeta.outer import default_optimizer, make_meta_step
 from jmeta.protonet import make_protonet
 from jmeta.runs import RunDir
 from jmeta.stats import format_mean_ci, markdown_table, mean_ci95
-from jmeta.tasks import make_episode_sampler, sample_tasks
-from jmeta.training import check_schedule, fit
+from jmeta.tasks import make_episode_sampler
+from jmeta.training import check_schedule, train
 from jmeta.validation import check_fields
 
-SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared", "data", "omniglot")
+SHARED = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared", "data", "omniglot"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,11 +60,11 @@ class Training:
     num_steps: int = 2000
     meta_batch: int = 1
     outer_lr: float = 0.001
-    maml_steps: int = 1
+    maml_num_inner_steps: int = 1
     maml_inner_lr: float = 0.4
     maml_meta_batch: int = 8
     maml_num_steps: int = 600
-    task_chunk: int = 2
+    execution: str = "cpu-conv"
     seed: int = 0
     log_every: int = 50
     checkpoint_every: int = 500
@@ -91,67 +95,123 @@ def parse_setting(text: str) -> tuple[int, int]:
 def check_training(config: Training) -> None:
     """Refuses a bad training field by name before any data is read or step compiled
     (a bad value otherwise surfaced after minutes of training, under an internal name)."""
-    check_fields(config, positive_ints=("image_size", "filters", "train_shots", "queries", "num_steps", "meta_batch",
-                                        "maml_steps", "maml_meta_batch", "maml_num_steps"),
-                 non_negative_ints=("task_chunk",), positive_floats=("outer_lr", "maml_inner_lr"),
-                 at_least_two=("train_ways",))
+    check_fields(
+        config,
+        positive_ints=(
+            "image_size",
+            "filters",
+            "train_shots",
+            "queries",
+            "num_steps",
+            "meta_batch",
+            "maml_num_inner_steps",
+            "maml_meta_batch",
+            "maml_num_steps",
+        ),
+        positive_floats=("outer_lr", "maml_inner_lr"),
+        at_least_two=("train_ways",),
+    )
     check_schedule(config.num_steps, config.log_every, config.checkpoint_every)
+    execution_preset(config.execution)
 
 
 def unseen_alphabets(background: ClassImages, evaluation: ClassImages) -> ClassImages:
     """The classes of ``evaluation`` whose alphabet is not in ``background``."""
-    keep = [i for i, g in enumerate(evaluation.groups) if evaluation.group_names[g] not in background.group_names]
+    keep = [
+        i
+        for i, g in enumerate(evaluation.groups)
+        if evaluation.group_names[g] not in background.group_names
+    ]
     if not keep:
         raise ValueError("the evaluation set has no alphabet that the background set lacks")
     names = tuple(sorted({evaluation.group_names[evaluation.groups[i]] for i in keep}))
-    return ClassImages(evaluation.images[keep], tuple(evaluation.class_names[i] for i in keep),
-                       np.array([names.index(evaluation.group_names[evaluation.groups[i]]) for i in keep], np.int32),
-                       names)
+    return ClassImages(
+        evaluation.images[keep],
+        tuple(evaluation.class_names[i] for i in keep),
+        np.array(
+            [names.index(evaluation.group_names[evaluation.groups[i]]) for i in keep], np.int32
+        ),
+        names,
+    )
 
 
-def train_model(config: Training, run: RunDir, method: str, ways: int, data: ClassImages, progress: bool):
+def train_model(
+    config: Training, run: RunDir, method: str, ways: int, data: ClassImages, progress: bool
+):
     """Meta-trains ``method`` on ``data`` (stage ``METHOD-WAYSway`` of ``run``); returns
     ``(meta_learner, meta_params)``. A prototypical network ignores ``ways`` at test time."""
     key = jax.random.key(config.seed)
     shape = data.images.shape[2:]
+    execution = execution_preset(config.execution)
     if method == "protonet":
-        meta_learner = make_protonet(conv4_learner(key, shape, ways=0, filters=config.filters, strided=True), ways,
-                                     task_chunk=config.task_chunk)
-        sampler = make_episode_sampler(data.images, ways, config.train_shots, config.queries, rotations=True)
+        embedding = conv4_learner(
+            key, shape, ways=0, filters=config.filters, strided=True, conv=execution.conv
+        )
+        meta_learner = make_protonet(embedding, ways, execution=execution)
+        sampler = make_episode_sampler(
+            data.images, ways, config.train_shots, config.queries, rotations=True
+        )
         batch, steps = config.meta_batch, config.num_steps
     else:
-        learner = conv4_learner(key, shape, ways=ways, filters=config.filters, strided=True)
-        meta_learner = make_meta_learner(learner, algorithms.algorithm_config(
-            method, loss="ce", num_inner_steps=config.maml_steps, inner_lr=config.maml_inner_lr,
-            task_chunk=config.task_chunk, peel_first_step=False))  # several conv4 steps compile faster in one scan
-        sampler = make_episode_sampler(data.images, ways, config.train_shots, config.queries, rotations=True)
+        learner = conv4_learner(
+            key, shape, ways=ways, filters=config.filters, strided=True, conv=execution.conv
+        )
+        meta_learner = make_meta_learner(
+            learner,
+            algorithms.algorithm_config(
+                method,
+                loss="ce",
+                num_inner_steps=config.maml_num_inner_steps,
+                inner_lr=config.maml_inner_lr,
+            ),
+            execution,
+        )
+        sampler = make_episode_sampler(
+            data.images, ways, config.train_shots, config.queries, rotations=True
+        )
         batch, steps = config.maml_meta_batch, config.maml_num_steps
-    meta_step = make_meta_step(meta_learner, sampler, batch, default_optimizer(config.outer_lr))
-    state = fit(meta_step, meta_step.init(meta_learner.init()), jax.random.fold_in(key, 1), steps,
-                log_every=config.log_every, checkpoint_every=config.checkpoint_every, run=run,
-                stage=f"{method}-{ways}way", progress=progress, scan=False)
+    state = train(
+        meta_learner,
+        sampler,
+        jax.random.fold_in(key, 1),
+        steps,
+        meta_batch=batch,
+        outer_lr=config.outer_lr,
+        log_every=config.log_every,
+        checkpoint_every=config.checkpoint_every,
+        run=run,
+        stage=f"{method}-{ways}way",
+        progress=progress,
+    )
     return meta_learner, state.meta_params
 
 
 def _evaluate(config, meta_learner, meta_params, data, ways, shots, groups=None, salt=0) -> dict:
     sampler = make_episode_sampler(data.images, ways, shots, config.queries, groups=groups)
     key = jax.random.fold_in(jax.random.key(config.seed + 10**6), ways * 1000 + shots * 10 + salt)
-    evaluate = jax.jit(meta_learner.evaluate, static_argnums=2)
-    accuracies = []
-    for chunk in np.array_split(np.arange(config.eval_tasks), max(1, config.eval_tasks // 100)):
-        tasks = sample_tasks(sampler, jax.random.fold_in(key, int(chunk[0])), len(chunk))
-        accuracies.append(np.asarray(evaluate(meta_params, tasks, config.maml_steps)["accuracy"][:, -1]))
-    mean, ci = mean_ci95(np.concatenate(accuracies))
+    tasks = evaluation_tasks(sampler, key, config.eval_tasks, chunk=100)
+    accuracies = evaluate(meta_learner, meta_params, tasks, config.maml_num_inner_steps)[
+        "accuracy"
+    ][:, -1]
+    mean, ci = mean_ci95(accuracies)
     return {"mean": mean, "ci95": ci}
 
 
 def _plot(config, meta_learner, meta_params, data, path):
     def predict(task):
-        adapted, _ = meta_learner.adapt(meta_params, task.support, config.maml_steps)
-        return np.argmax(np.asarray(meta_learner.predict(meta_params, adapted, task.query.x)), axis=-1)
+        adapted, _ = meta_learner.adapt(meta_params, task.support, config.maml_num_inner_steps)
+        return np.argmax(
+            np.asarray(meta_learner.predict(meta_params, adapted, task.query.x)), axis=-1
+        )
 
-    plot_episodes(predict, data.images, path, episodes=config.plot_episodes, key=jax.random.key(config.seed + 7),
-                  title="5-way 1-shot episodes on unseen alphabets: support (left), queries with predicted class")
+    plot_episodes(
+        predict,
+        data.images,
+        path,
+        episodes=config.plot_episodes,
+        key=jax.random.key(config.seed + 7),
+        title="5-way 1-shot episodes on unseen alphabets: support (left), queries with predicted class",
+    )
 
 
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
@@ -162,37 +222,67 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     check_training(config)
     check_fields(config, positive_ints=("eval_tasks", "plot_episodes"))
     background = load_omniglot(config.background, config.image_size, config.cache)
-    evaluation = unseen_alphabets(background, load_omniglot(config.evaluation, config.image_size, config.cache))
+    evaluation = unseen_alphabets(
+        background, load_omniglot(config.evaluation, config.image_size, config.cache)
+    )
     rows, results, first = [], {}, None
     for method in config.methods:
         ways_needed = sorted({w for w, _ in settings} | ({20} if config.within_alphabet else set()))
         if method == "protonet":
             # One prototypical network serves any number of ways at test time.
-            trained, meta_params = train_model(config, run, method, config.train_ways, background, progress)
+            trained, meta_params = train_model(
+                config, run, method, config.train_ways, background, progress
+            )
             models = {w: (make_protonet(trained.learners[0], w), meta_params) for w in ways_needed}
         else:
-            models = {w: train_model(config, run, method, w, background, progress) for w in ways_needed}
+            models = {
+                w: train_model(config, run, method, w, background, progress) for w in ways_needed
+            }
         first = first or (method, models[5 if 5 in models else ways_needed[0]])
         for ways, shots in settings:
             meta_learner, meta_params = models[ways]
             results[f"{method}/{ways}-way {shots}-shot"] = run.stage(
-                f"eval-{method}-{ways}x{shots}", lambda: _evaluate(config, meta_learner, meta_params, evaluation,
-                                                                  ways, shots))
+                f"eval-{method}-{ways}x{shots}",
+                lambda: _evaluate(config, meta_learner, meta_params, evaluation, ways, shots),
+            )
         if config.within_alphabet:
             meta_learner, meta_params = models[20]
             results[f"{method}/20-way 1-shot within alphabet"] = run.stage(
-                f"eval-{method}-within", lambda: _evaluate(config, meta_learner, meta_params, evaluation, 20, 1,
-                                                           groups=evaluation.groups, salt=1))
-        rows.append([method] + [format_mean_ci(results[k]["mean"], results[k]["ci95"]) for k in results
-                                if k.startswith(method + "/")])
-    columns = [f"{w}-way {s}-shot" for w, s in settings] + (["20-way 1-shot within alphabet"] if config.within_alphabet
-                                                            else [])
+                f"eval-{method}-within",
+                lambda: _evaluate(
+                    config,
+                    meta_learner,
+                    meta_params,
+                    evaluation,
+                    20,
+                    1,
+                    groups=evaluation.groups,
+                    salt=1,
+                ),
+            )
+        rows.append(
+            [method]
+            + [
+                format_mean_ci(results[k]["mean"], results[k]["ci95"])
+                for k in results
+                if k.startswith(method + "/")
+            ]
+        )
+    columns = [f"{w}-way {s}-shot" for w, s in settings] + (
+        ["20-way 1-shot within alphabet"] if config.within_alphabet else []
+    )
     table = markdown_table(["method"] + columns, rows)
     with open(run.file("table.md"), "w") as f:
         f.write(table)
     method, (meta_learner, meta_params) = first
     _plot(config, meta_learner, meta_params, evaluation, run.file("episodes.png"))
-    print(f"\nOmniglot: trained on {len(background.class_names)} characters of {', '.join(background.group_names)}; "
-          f"tested on {len(evaluation.class_names)} characters of unseen {', '.join(evaluation.group_names)} "
-          f"(accuracy, mean ± 95% CI over {config.eval_tasks} tasks)\n\n{table}")
-    return {"accuracy": results, "train_alphabets": background.group_names, "test_alphabets": evaluation.group_names}
+    print(
+        f"\nOmniglot: trained on {len(background.class_names)} characters of {', '.join(background.group_names)}; "
+        f"tested on {len(evaluation.class_names)} characters of unseen {', '.join(evaluation.group_names)} "
+        f"(accuracy, mean ± 95% CI over {config.eval_tasks} tasks)\n\n{table}"
+    )
+    return {
+        "accuracy": results,
+        "train_alphabets": background.group_names,
+        "test_alphabets": evaluation.group_names,
+    }

@@ -69,7 +69,9 @@ def _baseline_predictions(method: str, training: np.ndarray, test: np.ndarray) -
         flat_train, flat_test = training.reshape(len(training), -1), test.reshape(len(test), -1)
         return np.argmin(((flat_test[:, None] - flat_train[None]) ** 2).sum(-1), axis=1)
     train_points = [_points(image) for image in training]
-    return np.array([np.argmin([modified_hausdorff(_points(image), p) for p in train_points]) for image in test])
+    return np.array(
+        [np.argmin([modified_hausdorff(_points(image), p) for p in train_points]) for image in test]
+    )
 
 
 def _twenty_way_model(config: Config, run: RunDir, method: str, background, progress: bool):
@@ -79,21 +81,37 @@ def _twenty_way_model(config: Config, run: RunDir, method: str, background, prog
     if config.checkpoint:
         source = os.path.join(config.checkpoint, "checkpoints", f"{stage}.npz")
         if not os.path.exists(source):
-            raise FileNotFoundError(f"checkpoint={config.checkpoint}: no {stage} checkpoint there ({source})")
+            raise FileNotFoundError(
+                f"checkpoint={config.checkpoint}: no {stage} checkpoint there ({source})"
+            )
         if not os.path.exists(run.checkpoint_path(stage)):
             os.makedirs(os.path.dirname(run.checkpoint_path(stage)), exist_ok=True)
             shutil.copyfile(source, run.checkpoint_path(stage))
     trained, meta_params = omniglot.train_model(config, run, method, ways, background, progress)
-    return (make_protonet(trained.learners[0], 20) if method == "protonet" else trained), meta_params
+    return (
+        make_protonet(trained.learners[0], 20) if method == "protonet" else trained
+    ), meta_params
 
 
 def _model_predictions(config: Config, meta_learner, meta_params, runs) -> list[np.ndarray]:
     """Per run, the training class predicted for each test image after adapting on the
     run's 20 training images (labels 0..19)."""
-    predict = jax.jit(lambda support, query_x: meta_learner.predict(
-        meta_params, meta_learner.adapt(meta_params, support, config.maml_steps)[0], query_x))
-    return [np.argmax(np.asarray(predict(Batch(r.training, np.arange(len(r.training), dtype=np.int32)), r.test)), -1)
-            for r in runs]
+    predict = jax.jit(
+        lambda support, query_x: meta_learner.predict(
+            meta_params,
+            meta_learner.adapt(meta_params, support, config.maml_num_inner_steps)[0],
+            query_x,
+        )
+    )
+    return [
+        np.argmax(
+            np.asarray(
+                predict(Batch(r.training, np.arange(len(r.training), dtype=np.int32)), r.test)
+            ),
+            -1,
+        )
+        for r in runs
+    ]
 
 
 def _plot_run(one_run, predictions: dict, path: str) -> None:
@@ -104,23 +122,36 @@ def _plot_run(one_run, predictions: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     columns = len(one_run.training)
-    figure, axes = plt.subplots(1 + len(predictions), columns, figsize=(columns * 0.8, 1.1 * (1 + len(predictions))),
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        1 + len(predictions),
+        columns,
+        figsize=(columns * 0.8, 1.1 * (1 + len(predictions))),
+        squeeze=False,
+    )
     for column in range(columns):
         axes[0, column].imshow(one_run.training[column, ..., 0], cmap="gray_r")
         axes[0, column].set_title(f"class {column + 1}", fontsize=6)
     for row, (method, predicted) in enumerate(predictions.items(), start=1):
         for column in range(min(columns, len(one_run.test))):
             right = predicted[column] == one_run.answers[column]
-            axes[row, column].imshow(one_run.test[column, ..., 0], cmap="Greens" if right else "Reds")
-            axes[row, column].set_title(f"{predicted[column] + 1}" + ("" if right else f" ({one_run.answers[column] + 1})"),
-                                        fontsize=6)
-        axes[row, 0].text(-0.2, 0.5, method, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=7)
+            axes[row, column].imshow(
+                one_run.test[column, ..., 0], cmap="Greens" if right else "Reds"
+            )
+            axes[row, column].set_title(
+                f"{predicted[column] + 1}" + ("" if right else f" ({one_run.answers[column] + 1})"),
+                fontsize=6,
+            )
+        axes[row, 0].text(
+            -0.2, 0.5, method, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=7
+        )
     for axis in axes.ravel():
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.suptitle(f"{one_run.name}: training images (top); test images with the predicted class "
-                    f"(red: wrong, true class in brackets)", fontsize=8)
+    figure.suptitle(
+        f"{one_run.name}: training images (top); test images with the predicted class "
+        f"(red: wrong, true class in brackets)",
+        fontsize=8,
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -128,28 +159,43 @@ def _plot_run(one_run, predictions: dict, path: str) -> None:
 
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     if not config.runs:
-        raise ValueError("runs: give the one-shot runs zip or folder, e.g. jmeta run omniglot-runs runs=all_runs.zip")
+        raise ValueError(
+            "runs: give the one-shot runs zip or folder, e.g. jmeta run omniglot-runs runs=all_runs.zip"
+        )
     omniglot.check_training(config)
     models = [m for m in config.methods if m not in BASELINES]
     for method in models:
         if method != "protonet" and method not in algorithms.ALGORITHMS:
-            raise ValueError(f"methods: unknown method {method!r}; expected protonet, "
-                             f"{', '.join(BASELINES)} or one of {', '.join(algorithms.ALGORITHMS)}")
+            raise ValueError(
+                f"methods: unknown method {method!r}; expected protonet, "
+                f"{', '.join(BASELINES)} or one of {', '.join(algorithms.ALGORITHMS)}"
+            )
     runs = load_oneshot_runs(config.runs, config.image_size)
-    full_size = load_oneshot_runs(config.runs, 105) if set(config.methods) & set(BASELINES) else None
+    full_size = (
+        load_oneshot_runs(config.runs, 105) if set(config.methods) & set(BASELINES) else None
+    )
     predictions = {}
     if models:
         if not config.background:
             raise ValueError("background: give at least one Omniglot background zip or folder")
-        background = concatenate([load_omniglot(path, config.image_size, config.cache) for path in config.background])
+        background = concatenate(
+            [load_omniglot(path, config.image_size, config.cache) for path in config.background]
+        )
     for method in models:
         meta_learner, meta_params = _twenty_way_model(config, run, method, background, progress)
         predictions[method] = _model_predictions(config, meta_learner, meta_params, runs)
     for method in BASELINES:
         if method in config.methods:
-            predictions[method] = [_baseline_predictions(method, r.training, r.test) for r in full_size]
-    errors = {m: [float(np.mean(p != r.answers)) for p, r in zip(predicted, runs)] for m, predicted in predictions.items()}
-    _plot_run(runs[0], {m: predicted[0] for m, predicted in predictions.items()}, run.file("run.png"))
+            predictions[method] = [
+                _baseline_predictions(method, r.training, r.test) for r in full_size
+            ]
+    errors = {
+        m: [float(np.mean(p != r.answers)) for p, r in zip(predicted, runs)]
+        for m, predicted in predictions.items()
+    }
+    _plot_run(
+        runs[0], {m: predicted[0] for m, predicted in predictions.items()}, run.file("run.png")
+    )
     header = ["run"] + list(errors)
     rows = [[r.name] + [f"{100 * errors[m][i]:.0f}%" for m in errors] for i, r in enumerate(runs)]
     rows.append(["**mean**"] + [f"**{100 * np.mean(errors[m]):.1f}%**" for m in errors])
@@ -157,5 +203,8 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     with open(run.file("table.md"), "w") as f:
         f.write(table)
     print(f"\nOne-shot classification error per run ({len(runs)} runs)\n\n{table}")
-    return {"error_rate": errors, "mean_error_rate": {m: float(np.mean(v)) for m, v in errors.items()},
-            "runs": [r.name for r in runs]}
+    return {
+        "error_rate": errors,
+        "mean_error_rate": {m: float(np.mean(v)) for m, v in errors.items()},
+        "runs": [r.name for r in runs],
+    }

@@ -18,21 +18,28 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jmeta import algorithms
+from jmeta.evaluate import evaluate, summarise
 from jmeta.models import mlp_learner
 from jmeta.objective import make_meta_learner
-from jmeta.outer import default_optimizer, make_meta_step
 from jmeta.runs import RunDir
-from jmeta.stats import csv_table, format_mean_ci, markdown_table, mean_ci95
+from jmeta.stats import csv_table, format_mean_ci, markdown_table
 from jmeta.tasks import make_sinusoid_sampler, sample_tasks, sinusoid_curve
-from jmeta.training import check_schedule, fit
+from jmeta.training import check_schedule, train
 from jmeta.validation import check_fields
 
 PUBLISHED_K5 = {"maml": (0.67, 0.38, 0.35), "pretrained": (2.41, 2.23, 2.19)}
-LABELS = {"maml": "MAML", "metasgd": "Meta-SGD", "maml_lr": "MAML, learned inner rate", "pretrained": "pretrained",
-          "fomaml": "first-order MAML", "lslr": "MAML++ LSLR", "anil": "ANIL", "reptile": "Reptile"}
+LABELS = {
+    "maml": "MAML",
+    "metasgd": "Meta-SGD",
+    "maml_lr": "MAML, learned inner rate",
+    "pretrained": "pretrained",
+    "fomaml": "first-order MAML",
+    "lslr": "MAML++ LSLR",
+    "anil": "ANIL",
+    "reptile": "Reptile",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +48,7 @@ class Config:
     shots: tuple[int, ...] = (5, 10, 20)
     num_steps: int = 20000
     meta_batch: int = 25
-    num_query: int = 10
+    queries: int = 10
     num_inner_steps: int = 1
     inner_lr: float = 0.01
     outer_lr: float = 0.001
@@ -50,7 +57,7 @@ class Config:
     train_shots_for_anchor: int = 10
     anchor_shots: int = 5
     eval_tasks: int = 600
-    eval_query: int = 100
+    eval_queries: int = 100
     eval_steps: tuple[int, ...] = (1, 5, 10)
     plot_tasks: int = 4
     seed: int = 0
@@ -63,30 +70,45 @@ def _train(config: Config, run: RunDir, method: str, shots: int, progress: bool)
     key = jax.random.key(config.seed)
     learner = mlp_learner(jax.random.fold_in(key, 0), hidden=config.hidden)
     algorithm = "maml" if method == "pretrained" else method
-    meta_learner = make_meta_learner(learner, algorithms.algorithm_config(
-        algorithm, num_inner_steps=config.num_inner_steps, inner_lr=config.inner_lr))
+    meta_learner = make_meta_learner(
+        learner,
+        algorithms.algorithm_config(
+            algorithm, num_inner_steps=config.num_inner_steps, inner_lr=config.inner_lr
+        ),
+    )
     if method == "pretrained":
         meta_learner = algorithms.joint_training(meta_learner)
-    meta_step = make_meta_step(meta_learner, make_sinusoid_sampler(shots, config.num_query), config.meta_batch,
-                               default_optimizer(config.outer_lr))
-    state = fit(meta_step, meta_step.init(meta_learner.init()), jax.random.fold_in(key, shots), config.num_steps,
-                log_every=config.log_every, checkpoint_every=config.checkpoint_every, run=run,
-                stage=f"{method}-k{shots}", progress=progress)
+    state = train(
+        meta_learner,
+        make_sinusoid_sampler(shots, config.queries),
+        jax.random.fold_in(key, shots),
+        config.num_steps,
+        meta_batch=config.meta_batch,
+        outer_lr=config.outer_lr,
+        log_every=config.log_every,
+        checkpoint_every=config.checkpoint_every,
+        run=run,
+        stage=f"{method}-k{shots}",
+        progress=progress,
+    )
     return meta_learner, state.meta_params
 
 
 def _eval_tasks(config: Config, shots: int):
     """The fixed evaluation tasks: the same sines for every method and K."""
-    sampler = make_sinusoid_sampler(shots, config.eval_query)
-    return sample_tasks(sampler, jax.random.fold_in(jax.random.key(config.seed), 10**6), config.eval_tasks)
+    sampler = make_sinusoid_sampler(shots, config.eval_queries)
+    return sample_tasks(
+        sampler, jax.random.fold_in(jax.random.key(config.seed), 10**6), config.eval_tasks
+    )
 
 
 def _score(config: Config, meta_learner, meta_params, shots: int) -> dict:
     """Query MSE after each of ``eval_steps`` inner steps: mean, 95% CI, per-task values."""
-    trajectory = jax.jit(meta_learner.evaluate, static_argnums=2)(
-        meta_params, _eval_tasks(config, shots), max(config.eval_steps))
-    losses = np.asarray(trajectory["loss"])
-    return {str(s): dict(zip(("mean", "ci95"), mean_ci95(losses[:, s]))) for s in (0, *config.eval_steps)}
+    losses = evaluate(
+        meta_learner, meta_params, _eval_tasks(config, shots), max(config.eval_steps), chunk=0
+    )["loss"]
+    by_step = summarise(losses)
+    return {str(s): by_step[s] for s in (0, *config.eval_steps)}
 
 
 def _plot(config: Config, models: dict, shots: int, path: str) -> None:
@@ -95,12 +117,19 @@ def _plot(config: Config, models: dict, shots: int, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 10**6), config.eval_tasks)
+    keys = jax.random.split(
+        jax.random.fold_in(jax.random.key(config.seed), 10**6), config.eval_tasks
+    )
     keys = keys[: config.plot_tasks]
     tasks = jax.vmap(make_sinusoid_sampler(shots, 1))(keys)
     grid = jnp.linspace(-5, 5, 200)[:, None]
-    figure, axes = plt.subplots(len(keys), len(models), figsize=(3.2 * len(models), 2.4 * len(keys)),
-                                squeeze=False, sharex=True)
+    figure, axes = plt.subplots(
+        len(keys),
+        len(models),
+        figsize=(3.2 * len(models), 2.4 * len(keys)),
+        squeeze=False,
+        sharex=True,
+    )
     for column, (method, (meta_learner, meta_params)) in enumerate(models.items()):
         for row, key in enumerate(keys):
             axis = axes[row, column]
@@ -110,9 +139,20 @@ def _plot(config: Config, models: dict, shots: int, path: str) -> None:
             axis.plot(grid[:, 0], pre[:, 0], ":", color="tab:gray", label="before adapting")
             for steps, color in ((1, "tab:blue"), (max(config.eval_steps), "tab:red")):
                 adapted, _ = meta_learner.adapt(meta_params, task.support, steps)
-                axis.plot(grid[:, 0], meta_learner.predict(meta_params, adapted, grid)[:, 0], "--", color=color,
-                          label=f"after {steps} step{'s' if steps > 1 else ''}")
-            axis.plot(task.support.x[:, 0], task.support.y[:, 0], "^", color="tab:purple", label=f"{shots} shots")
+                axis.plot(
+                    grid[:, 0],
+                    meta_learner.predict(meta_params, adapted, grid)[:, 0],
+                    "--",
+                    color=color,
+                    label=f"after {steps} step{'s' if steps > 1 else ''}",
+                )
+            axis.plot(
+                task.support.x[:, 0],
+                task.support.y[:, 0],
+                "^",
+                color="tab:purple",
+                label=f"{shots} shots",
+            )
             if row == 0:
                 axis.set_title(LABELS.get(method, method))
     axes[0, 0].legend(fontsize=7, loc="lower left")
@@ -123,24 +163,45 @@ def _plot(config: Config, models: dict, shots: int, path: str) -> None:
 
 
 def _row(method: str, shots: int, scores: dict, steps: tuple[int, ...]) -> list[str]:
-    return [LABELS.get(method, method), shots] + [format_mean_ci(scores[str(s)]["mean"], scores[str(s)]["ci95"])
-                                                  for s in steps]
+    return [LABELS.get(method, method), shots] + [
+        format_mean_ci(scores[str(s)]["mean"], scores[str(s)]["ci95"]) for s in steps
+    ]
 
 
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     for method in config.methods:
         algorithms.algorithm_config(method)  # unknown names fail before any training
     # Bad values fail here, by their field's name, not after training (outer_lr=nan trained silently).
-    check_fields(config, positive_ints=("shots", "num_steps", "meta_batch", "num_query", "num_inner_steps", "hidden",
-                                        "train_shots_for_anchor", "anchor_shots", "eval_tasks", "eval_query",
-                                        "eval_steps", "plot_tasks"), positive_floats=("inner_lr", "outer_lr"))
+    check_fields(
+        config,
+        positive_ints=(
+            "shots",
+            "num_steps",
+            "meta_batch",
+            "queries",
+            "num_inner_steps",
+            "hidden",
+            "train_shots_for_anchor",
+            "anchor_shots",
+            "eval_tasks",
+            "eval_queries",
+            "eval_steps",
+            "plot_tasks",
+        ),
+        positive_floats=("inner_lr", "outer_lr"),
+    )
     check_schedule(config.num_steps, config.log_every, config.checkpoint_every)
     if config.train_shots_for_anchor not in config.shots:
-        raise ValueError(f"train_shots_for_anchor ({config.train_shots_for_anchor}) must be one of shots {config.shots}")
+        raise ValueError(
+            f"train_shots_for_anchor ({config.train_shots_for_anchor}) must be one of shots {config.shots}"
+        )
     table, models = {}, {}
     for shots in config.shots:
-        for method in config.methods + (("pretrained",) if config.pretrained_baseline and shots ==
-                                        config.train_shots_for_anchor else ()):
+        for method in config.methods + (
+            ("pretrained",)
+            if config.pretrained_baseline and shots == config.train_shots_for_anchor
+            else ()
+        ):
             meta_learner, meta_params = _train(config, run, method, shots, progress)
             models[(method, shots)] = (meta_learner, meta_params)
             eval_shots = sorted(set(config.shots) if method == "pretrained" else {shots})
@@ -148,15 +209,30 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
                 eval_shots = sorted(set(eval_shots) | {config.anchor_shots})
             for k in eval_shots:
                 table[f"{method}/train{shots}/eval{k}"] = run.stage(
-                    f"eval-{method}-train{shots}-eval{k}", lambda: _score(config, meta_learner, meta_params, k))
+                    f"eval-{method}-train{shots}-eval{k}",
+                    lambda: _score(config, meta_learner, meta_params, k),
+                )
 
     steps = config.eval_steps
     header = ["method", "K"] + [f"MSE after {s} step{'s' if s > 1 else ''}" for s in steps]
-    rows = [_row(m, k, table[f"{m}/train{k}/eval{k}"], steps) for k in config.shots for m in config.methods]
+    rows = [
+        _row(m, k, table[f"{m}/train{k}/eval{k}"], steps)
+        for k in config.shots
+        for m in config.methods
+    ]
     if config.pretrained_baseline:
-        rows += [_row("pretrained", k, table[f"pretrained/train{config.train_shots_for_anchor}/eval{k}"], steps)
-                 for k in config.shots]
-    anchor_header = ["method", "trained K", "scored K"] + [f"{s} step{'s' if s > 1 else ''}" for s in steps]
+        rows += [
+            _row(
+                "pretrained",
+                k,
+                table[f"pretrained/train{config.train_shots_for_anchor}/eval{k}"],
+                steps,
+            )
+            for k in config.shots
+        ]
+    anchor_header = ["method", "trained K", "scored K"] + [
+        f"{s} step{'s' if s > 1 else ''}" for s in steps
+    ]
     anchor_rows = []
     for method in ("maml", "pretrained"):
         name = f"{method}/train{config.train_shots_for_anchor}/eval{config.anchor_shots}"
@@ -169,8 +245,13 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     checks = {}
     if "maml" in config.methods and "metasgd" in config.methods:
         checks["metasgd_at_or_below_maml"] = {
-            str(k): all(table[f"metasgd/train{k}/eval{k}"][str(s)]["mean"] <= table[f"maml/train{k}/eval{k}"][str(s)]["mean"]
-                        for s in steps) for k in config.shots}
+            str(k): all(
+                table[f"metasgd/train{k}/eval{k}"][str(s)]["mean"]
+                <= table[f"maml/train{k}/eval{k}"][str(s)]["mean"]
+                for s in steps
+            )
+            for k in config.shots
+        }
 
     markdown = markdown_table(header, rows) + "\n" + markdown_table(anchor_header, anchor_rows)
     with open(run.file("table.md"), "w") as f:
@@ -178,10 +259,23 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     with open(run.file("table.csv"), "w") as f:
         f.write(csv_table(header, rows))
     plot_shots = config.anchor_shots if config.anchor_shots in config.shots else config.shots[0]
-    _plot(config, {m: models[(m, plot_shots)] for m in config.methods}, plot_shots, run.file("adapted_curves.png"))
-    print(f"\nSinusoid regression: query MSE on {config.eval_tasks} held-out tasks (mean ± 95% CI), "
-          f"{config.num_steps} meta-steps per model\n\n{markdown}")
+    _plot(
+        config,
+        {m: models[(m, plot_shots)] for m in config.methods},
+        plot_shots,
+        run.file("adapted_curves.png"),
+    )
+    print(
+        f"\nSinusoid regression: query MSE on {config.eval_tasks} held-out tasks (mean ± 95% CI), "
+        f"{config.num_steps} meta-steps per model\n\n{markdown}"
+    )
     if checks:
-        print(f"Meta-SGD at or below MAML at every step count: {checks['metasgd_at_or_below_maml']}")
-    return {"scores": table, "checks": checks, "table": {"header": header, "rows": rows},
-            "anchors": {"header": anchor_header, "rows": anchor_rows}}
+        print(
+            f"Meta-SGD at or below MAML at every step count: {checks['metasgd_at_or_below_maml']}"
+        )
+    return {
+        "scores": table,
+        "checks": checks,
+        "table": {"header": header, "rows": rows},
+        "anchors": {"header": anchor_header, "rows": anchor_rows},
+    }

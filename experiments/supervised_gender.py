@@ -28,10 +28,10 @@ import dataclasses
 import numpy as np
 from tqdm.auto import tqdm
 
-from jmeta.runs import RunDir
-from jmeta.super_learner import default_classifiers
-from jmeta.validation import check_fields
 from jmeta.experiments._supervised_common import comparison_table, repeated_comparison
+from jmeta.runs import RunDir
+from jmeta.supervised.super_learner import default_classifiers
+from jmeta.validation import check_fields
 
 FEATURES = ("height_cm", "weight_kg", "age_years", "grip_strength_kg")
 
@@ -57,8 +57,12 @@ def synthetic_population(men: int, women: int, seed: int) -> tuple[np.ndarray, n
         grips = rng.normal(grip, grip_sd, count) - grip_decline * np.maximum(ages - 40, 0)
         return np.column_stack([heights, bmis * (heights / 100) ** 2, ages, np.maximum(grips, 5.0)])
 
-    X = np.vstack([group(men, 175.3, 7.6, 29.1, 6.0, 46.0, 8.0, 0.35),
-                   group(women, 161.5, 7.1, 29.6, 7.5, 28.0, 5.5, 0.2)])
+    X = np.vstack(
+        [
+            group(men, 175.3, 7.6, 29.1, 6.0, 46.0, 8.0, 0.35),
+            group(women, 161.5, 7.1, 29.6, 7.5, 28.0, 5.5, 0.2),
+        ]
+    )
     return X, np.concatenate([np.zeros(men, int), np.ones(women, int)])
 
 
@@ -67,10 +71,22 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     X, y = synthetic_population(config.men, config.women, config.seed)
     learners = default_classifiers(config.seed)
     with tqdm(total=config.n_repeats, desc="splits", disable=not progress, leave=False) as bar:
-        result = repeated_comparison(X, y, learners, classify=True, n_repeats=config.n_repeats, n_folds=config.n_folds,
-                                     seed=config.seed, progress=bar)
-    table = comparison_table(f"Sex from {', '.join(FEATURES)}: {config.men} men, {config.women} women, "
-                             f"{config.n_repeats} random 75/25 splits", result, "test accuracy")
+        result = repeated_comparison(
+            X,
+            y,
+            learners,
+            classify=True,
+            n_repeats=config.n_repeats,
+            n_folds=config.n_folds,
+            seed=config.seed,
+            progress=bar,
+        )
+    table = comparison_table(
+        f"Sex from {', '.join(FEATURES)}: {config.men} men, {config.women} women, "
+        f"{config.n_repeats} random 75/25 splits",
+        result,
+        "test accuracy",
+    )
     weights = ", ".join(f"{n}={w:.3f}" for n, w in result["weights"]["softmax"].items())
     kept = {k: result["kept"]["softmax"].count(k) for k in set(result["kept"]["softmax"])}
     table += f"\nMean learned weights: {weights}\nKept by cross-validation (times out of {config.n_repeats}): {kept}\n"

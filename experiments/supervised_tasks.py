@@ -21,8 +21,10 @@ from jmeta.supervised import SupervisedMetaLearner
 from jmeta.tasks import make_linear_sampler, make_sinusoid_sampler, sample_tasks
 from jmeta.validation import check_fields
 
-FAMILIES = {"sinusoid": lambda shots, query: make_sinusoid_sampler(shots, query),
-            "linear": lambda shots, query: make_linear_sampler(shots, query, noise=0.3)}
+FAMILIES = {
+    "sinusoid": lambda shots, query: make_sinusoid_sampler(shots, query),
+    "linear": lambda shots, query: make_linear_sampler(shots, query, noise=0.3),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +33,7 @@ class Config:
     train_tasks: int = 200
     test_tasks: int = 600
     shots: int = 10
-    num_query: int = 20
+    queries: int = 20
     num_inner_steps: int = 1
     inner_lr: float = 0.01
     max_iter: int = 500
@@ -41,36 +43,87 @@ class Config:
 
 
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
-    check_fields(config, positive_ints=("train_tasks", "test_tasks", "shots", "num_query", "num_inner_steps",
-                                        "max_iter"), positive_floats=("inner_lr", "lr"))
+    check_fields(
+        config,
+        positive_ints=(
+            "train_tasks",
+            "test_tasks",
+            "shots",
+            "queries",
+            "num_inner_steps",
+            "max_iter",
+        ),
+        positive_floats=("inner_lr", "lr"),
+    )
     results, rows = {}, []
     for family in config.families:
         if family not in FAMILIES:
             raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
-        sampler = FAMILIES[family](config.shots, config.num_query)
+        sampler = FAMILIES[family](config.shots, config.queries)
         key = jax.random.key(config.seed)
         train = sample_tasks(sampler, jax.random.fold_in(key, 1), config.train_tasks)
         test = sample_tasks(sampler, jax.random.fold_in(key, 2), config.test_tasks)
-        learners = [mlp_learner(jax.random.fold_in(key, 3)), linear_learner(jax.random.fold_in(key, 4))]
-        model = SupervisedMetaLearner(learners, activation=config.activation, loss="mse", optimizer="adam",
-                                      lr=config.lr, max_iter=config.max_iter, num_inner_steps=config.num_inner_steps,
-                                      inner_lr=config.inner_lr, seed=config.seed, verbose=progress)
+        learners = [
+            mlp_learner(jax.random.fold_in(key, 3)),
+            linear_learner(jax.random.fold_in(key, 4)),
+        ]
+        model = SupervisedMetaLearner(
+            learners,
+            activation=config.activation,
+            loss="mse",
+            optimizer="adam",
+            lr=config.lr,
+            max_iter=config.max_iter,
+            num_inner_steps=config.num_inner_steps,
+            inner_lr=config.inner_lr,
+            seed=config.seed,
+            verbose=progress,
+        )
         history = model.train(*train.support, *train.query)
         for epoch in range(0, config.max_iter, max(1, config.max_iter // 10)):
-            run.log({"stage": family, "step": epoch, "train/loss": float(history["loss"][epoch]),
-                     "train/task_mse_mean": float(np.mean(history["test_metric"][epoch]))})
-        scored = {name: mean_ci95(model.score_tasks(*test.support, *test.query, learner=name)) for name in model.weights_}
-        strategy = model.meta_learner_.evaluate(model.meta_params_, test, config.num_inner_steps)["loss"][:, -1]
+            run.log(
+                {
+                    "stage": family,
+                    "step": epoch,
+                    "train/loss": float(history["loss"][epoch]),
+                    "train/task_mse_mean": float(np.mean(history["test_metric"][epoch])),
+                }
+            )
+        scored = {
+            name: mean_ci95(model.score_tasks(*test.support, *test.query, learner=name))
+            for name in model.weights_
+        }
+        strategy = model.meta_learner_.evaluate(model.meta_params_, test, config.num_inner_steps)[
+            "loss"
+        ][:, -1]
         scored["strategy"] = mean_ci95(np.asarray(strategy))
-        results[family] = {"weights": model.weights_, "meta_learning_rates": model.inner_lr_, "kept": model.kept_,
-                           "held_out_mse": {k: {"mean": m, "ci95": c} for k, (m, c) in scored.items()},
-                           "summary": model.summary_}
-        rows.append([family] + [f"{model.weights_[n]:.3f}" for n in model.weights_]
-                    + [format_mean_ci(*scored[k]) for k in ("strategy", *model.weights_)] + [model.kept_])
-    header = ["tasks", "weight mlp", "weight linear", "MSE strategy", "MSE mlp alone", "MSE linear alone", "kept"]
+        results[family] = {
+            "weights": model.weights_,
+            "meta_learning_rates": model.inner_lr_,
+            "kept": model.kept_,
+            "held_out_mse": {k: {"mean": m, "ci95": c} for k, (m, c) in scored.items()},
+            "summary": model.summary_,
+        }
+        rows.append(
+            [family]
+            + [f"{model.weights_[n]:.3f}" for n in model.weights_]
+            + [format_mean_ci(*scored[k]) for k in ("strategy", *model.weights_)]
+            + [model.kept_]
+        )
+    header = [
+        "tasks",
+        "weight mlp",
+        "weight linear",
+        "MSE strategy",
+        "MSE mlp alone",
+        "MSE linear alone",
+        "kept",
+    ]
     table = markdown_table(header, rows)
     with open(run.file("table.md"), "w") as f:
         f.write(table)
-    print(f"\nHeld-out tasks ({config.test_tasks} per family, {config.shots} shots, {config.num_inner_steps} inner step), "
-          f"MSE mean ± 95% CI\n\n{table}")
+    print(
+        f"\nHeld-out tasks ({config.test_tasks} per family, {config.shots} shots, {config.num_inner_steps} inner step), "
+        f"MSE mean ± 95% CI\n\n{table}"
+    )
     return results

@@ -1,30 +1,37 @@
-"""jmeta: meta-learning as pure functions of pytrees, in JAX."""
+"""jmeta: meta-learning as pure functions of pytrees, in JAX.
 
-from jmeta.algorithms import ALGORITHMS
-from jmeta.algorithms import algorithm_config
-from jmeta.losses import cross_entropy
-from jmeta.losses import mse
-from jmeta.models import Learner
-from jmeta.models import linear_learner
-from jmeta.models import make_learner
-from jmeta.models import mlp_learner
-from jmeta.objective import MetaLearner
-from jmeta.objective import MetaLearnerConfig
-from jmeta.objective import MetaParams
-from jmeta.objective import make_meta_learner
-from jmeta.outer import MetaState
-from jmeta.outer import MetaStep
-from jmeta.outer import default_optimizer
-from jmeta.outer import make_meta_step
+``import jmeta`` gives the path from a class-indexed array of images to an accuracy:
+learners, task samplers, algorithm configs, the meta-learner, the meta-step, ``train``
+and ``evaluate``. The supervised meta-learner is ``jmeta.supervised`` and the
+unsupervised one ``jmeta.unsupervised``; neither is imported here (they load scikit-learn).
+"""
+
+from jmeta.algorithms import ALGORITHMS, algorithm_config
+from jmeta.evaluate import evaluate, evaluation_tasks, summarise
+from jmeta.execution import Execution, execution_preset
+from jmeta.losses import cross_entropy, mse
+from jmeta.models import (
+    Learner,
+    conv4_learner,
+    linear_learner,
+    make_learner,
+    mlp_learner,
+    with_linear_head,
+)
+from jmeta.objective import MetaLearner, MetaLearnerConfig, MetaParams, make_meta_learner
+from jmeta.outer import MetaState, MetaStep, default_optimizer, make_meta_step
+from jmeta.protonet import make_protonet
+from jmeta.stats import mean_ci95
 from jmeta.strategy import strategy_weights
-from jmeta.super_learner import SuperLearnerClassifier
-from jmeta.super_learner import SuperLearnerRegressor
-from jmeta.supervised import SupervisedMetaLearner
-from jmeta.tasks import Batch
-from jmeta.tasks import Task
-from jmeta.tasks import make_linear_sampler
-from jmeta.tasks import make_sinusoid_sampler
-from jmeta.tasks import sample_tasks
-from jmeta.tasks import validate_tasks
+from jmeta.tasks import (
+    Batch,
+    Task,
+    make_episode_sampler,
+    make_linear_sampler,
+    make_sinusoid_sampler,
+    sample_tasks,
+    validate_tasks,
+)
+from jmeta.training import fit, train
 
 __version__ = "0.1.0"

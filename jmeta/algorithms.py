@@ -36,11 +36,15 @@ def algorithm_config(name: str, **overrides) -> MetaLearnerConfig:
     Raises ``ValueError`` for an unknown algorithm or field, listing the known ones.
     """
     if name not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {name!r}; expected one of {', '.join(map(repr, ALGORITHMS))}")
+        raise ValueError(
+            f"unknown algorithm {name!r}; expected one of {', '.join(map(repr, ALGORITHMS))}"
+        )
     fields = {f.name for f in dataclasses.fields(MetaLearnerConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise ValueError(f"unknown MetaLearnerConfig field(s) {unknown}; expected some of {sorted(fields)}")
+        raise ValueError(
+            f"unknown MetaLearnerConfig field(s) {unknown}; expected some of {sorted(fields)}"
+        )
     return MetaLearnerConfig(**{**ALGORITHMS[name], **overrides})
 
 

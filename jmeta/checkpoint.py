@@ -90,11 +90,15 @@ def load_pytree(path: str | os.PathLike, like: Any) -> Any:
     with np.load(os.fspath(path), allow_pickle=False) as data:
         leaves = [data[f"leaf_{i:05d}"] for i in range(len(data.files))]
     if len(leaves) != len(template):
-        raise ValueError(f"checkpoint {path} has {len(leaves)} arrays, expected {len(template)}: "
-                         "it was written by a different configuration")
+        raise ValueError(
+            f"checkpoint {path} has {len(leaves)} arrays, expected {len(template)}: "
+            "it was written by a different configuration"
+        )
     for index, (leaf, reference) in enumerate(zip(leaves, template)):
         reference = np.asarray(reference)
         if leaf.shape != reference.shape or leaf.dtype != reference.dtype:
-            raise ValueError(f"checkpoint {path} array {index} is {leaf.dtype}{list(leaf.shape)}, expected "
-                             f"{reference.dtype}{list(reference.shape)}: it was written by a different configuration")
+            raise ValueError(
+                f"checkpoint {path} array {index} is {leaf.dtype}{list(leaf.shape)}, expected "
+                f"{reference.dtype}{list(reference.shape)}: it was written by a different configuration"
+            )
     return jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(leaf) for leaf in leaves])

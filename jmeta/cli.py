@@ -32,9 +32,14 @@ def _experiments_package() -> ModuleType:
     try:
         return importlib.import_module("jmeta.experiments")
     except ModuleNotFoundError:
-        folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
-        spec = importlib.util.spec_from_file_location("jmeta.experiments", os.path.join(folder, "__init__.py"),
-                                                      submodule_search_locations=[folder])
+        folder = os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"
+        )
+        spec = importlib.util.spec_from_file_location(
+            "jmeta.experiments",
+            os.path.join(folder, "__init__.py"),
+            submodule_search_locations=[folder],
+        )
         if spec is None or not os.path.isdir(folder):
             raise
         package = importlib.util.module_from_spec(spec)
@@ -46,8 +51,11 @@ def _experiments_package() -> ModuleType:
 def experiment_names() -> list[str]:
     """Names of the available experiments, as typed on the command line."""
     package = _experiments_package()
-    return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(package.__path__)
-                  if not m.name.startswith("_"))
+    return sorted(
+        m.name.replace("_", "-")
+        for m in pkgutil.iter_modules(package.__path__)
+        if not m.name.startswith("_")
+    )
 
 
 def load_experiment(name: str) -> ModuleType:
@@ -59,8 +67,14 @@ def load_experiment(name: str) -> ModuleType:
     return importlib.import_module(f"jmeta.experiments.{name.replace('-', '_')}")
 
 
-def run_experiment(name: str, out: str | None = None, assignments: list[str] = (), *, resume: str | None = None,
-                   progress: bool = True) -> dict:
+def run_experiment(
+    name: str,
+    out: str | None = None,
+    assignments: list[str] = (),
+    *,
+    resume: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Runs an experiment as the command line does and returns its results.
 
     With ``resume`` the run in that directory continues from its checkpoints with its saved
@@ -78,7 +92,9 @@ def run_experiment(name: str, out: str | None = None, assignments: list[str] = (
     else:
         config = from_record(module.Config, saved["config"])
         if override(config, list(assignments)) != config:
-            raise ValueError(f"--resume {resume}: overrides {list(assignments)} differ from the saved config")
+            raise ValueError(
+                f"--resume {resume}: overrides {list(assignments)} differ from the saved config"
+            )
     out = out or os.path.join("runs", name, time.strftime("%Y%m%d-%H%M%S"))
     run = RunDir(out, name, config, resume=resume is not None)
     results = module.main(config, run, progress=progress)
@@ -90,7 +106,9 @@ def run_experiment(name: str, out: str | None = None, assignments: list[str] = (
 def _describe(name: str) -> str:
     module = load_experiment(name)
     doc = (module.__doc__ or "").strip().splitlines()
-    fields = ", ".join(f"{f.name}={getattr(module.Config(), f.name)!r}" for f in dataclasses.fields(module.Config))
+    fields = ", ".join(
+        f"{f.name}={getattr(module.Config(), f.name)!r}" for f in dataclasses.fields(module.Config)
+    )
     return f"{name}: {doc[0] if doc else ''}\n    {fields}"
 
 
@@ -100,10 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("list", help="show the experiments and their config fields")
     run_parser = commands.add_parser("run", help="run an experiment")
     run_parser.add_argument("experiment", nargs="?", help="experiment name (see `jmeta list`)")
-    run_parser.add_argument("overrides", nargs="*", metavar="field=value", help="config fields to override")
+    run_parser.add_argument(
+        "overrides", nargs="*", metavar="field=value", help="config fields to override"
+    )
     # Overrides may stand before or after --out/--resume, so the run command parses intermixed.
     run_parser.add_argument("--out", help="run directory (default: runs/EXPERIMENT/TIMESTAMP)")
-    run_parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoints")
+    run_parser.add_argument(
+        "--resume", metavar="DIR", help="continue the run in DIR from its checkpoints"
+    )
     run_parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -117,8 +139,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.experiment is None and args.resume is None:
             parser.error("run needs an EXPERIMENT or --resume DIR")
         if args.experiment is not None and "=" in args.experiment:
-            parser.error(f"expected an experiment name before the overrides, got {args.experiment!r}")
-        run_experiment(args.experiment, args.out, args.overrides, resume=args.resume, progress=not args.no_progress)
+            parser.error(
+                f"expected an experiment name before the overrides, got {args.experiment!r}"
+            )
+        run_experiment(
+            args.experiment,
+            args.out,
+            args.overrides,
+            resume=args.resume,
+            progress=not args.no_progress,
+        )
     except (ValueError, FileExistsError, FileNotFoundError) as error:
         print(f"jmeta: error: {error}", file=sys.stderr)
         return 2

@@ -11,7 +11,9 @@ def _parse(field: str, text: str, kind: Any) -> Any:
     origin = typing.get_origin(kind)
     if origin is tuple:
         (item_kind, *_) = typing.get_args(kind) or (str,)
-        return tuple(_parse(field, part.strip(), item_kind) for part in text.split(",") if part.strip())
+        return tuple(
+            _parse(field, part.strip(), item_kind) for part in text.split(",") if part.strip()
+        )
     if kind is bool:
         lowered = text.lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -23,8 +25,12 @@ def _parse(field: str, text: str, kind: Any) -> Any:
         try:
             return kind(text)
         except ValueError:
-            raise ValueError(f"config field {field!r} expects {kind.__name__}, got {text!r}") from None
-    raise ValueError(f"config field {field!r} has type {kind} which cannot be set from the command line")
+            raise ValueError(
+                f"config field {field!r} expects {kind.__name__}, got {text!r}"
+            ) from None
+    raise ValueError(
+        f"config field {field!r} has type {kind} which cannot be set from the command line"
+    )
 
 
 def override(config: Any, assignments: list[str]) -> Any:
@@ -52,4 +58,6 @@ def from_record(config_class: type, values: dict) -> Any:
     unknown = sorted(set(values) - set(hints))
     if unknown:
         raise ValueError(f"saved config has unknown field(s) {unknown} for {config_class.__name__}")
-    return config_class(**{k: tuple(v) if typing.get_origin(hints[k]) is tuple else v for k, v in values.items()})
+    return config_class(
+        **{k: tuple(v) if typing.get_origin(hints[k]) is tuple else v for k, v in values.items()}
+    )

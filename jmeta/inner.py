@@ -45,7 +45,9 @@ def partition(params: Any, mask: Any) -> tuple[Any, Any]:
 
 def merge(adapted: Any, frozen: Any) -> Any:
     """Inverse of ``partition``."""
-    return jax.tree_util.tree_map(lambda a, f: f if a is None else a, adapted, frozen, is_leaf=lambda x: x is None)
+    return jax.tree_util.tree_map(
+        lambda a, f: f if a is None else a, adapted, frozen, is_leaf=lambda x: x is None
+    )
 
 
 def init_log_rate(kind: str, inner_lr: float, learner: Learner, num_steps: int) -> Any:
@@ -70,12 +72,21 @@ def rate_at(kind: str, log_rate: Any, step: jax.Array, adapted: Any) -> Any:
     if kind == "per_param":
         return jax.tree_util.tree_map(jnp.exp, log_rate)
     # per_step_layer: one rate per leaf and step; the last one is reused past the end.
-    return jax.tree_util.tree_map(lambda r: jnp.exp(jnp.asarray(r)[jnp.minimum(step, r.shape[0] - 1)]), log_rate)
+    return jax.tree_util.tree_map(
+        lambda r: jnp.exp(jnp.asarray(r)[jnp.minimum(step, r.shape[0] - 1)]), log_rate
+    )
 
 
-def make_adapt(learners: tuple[Learner, ...], loss_fn: LossFn, inner_rate: str, *,
-               first_order: bool = False, remat: str = "none", fixed_lr: float | None = None,
-               peel_first_step: bool = True) -> Callable:
+def make_adapt(
+    learners: tuple[Learner, ...],
+    loss_fn: LossFn,
+    inner_rate: str,
+    *,
+    first_order: bool = False,
+    remat: str = "none",
+    fixed_lr: float | None = None,
+    peel_first_step: bool = True,
+) -> Callable:
     """Builds ``adapt(learner_params, log_rates, support, num_steps, observe=None)``.
 
     Each base learner takes ``num_steps`` SGD steps ``params - lr * grad`` on its own support
@@ -95,9 +106,8 @@ def make_adapt(learners: tuple[Learner, ...], loss_fn: LossFn, inner_rate: str, 
     With ``fixed_lr`` (a fixed inner rate) the rate is a Python constant that XLA folds,
     rather than ``exp`` of a frozen meta-parameter.
 
-    ``peel_first_step`` runs the first of several steps outside the scan (see the comment
-    in ``adapt``); ``False`` scans all of them, so XLA compiles one copy of the step
-    instead of two. A single step never runs in a scan.
+    The steps are one ``lax.scan``; ``peel_first_step`` (an execution setting, see
+    ``jmeta.execution``) runs the first outside it instead (``peeled_scan``). Same values.
 
     Returns a function giving ``(adapted_params, trace)`` where ``trace["inner/loss"]`` has
     shape ``(num_steps, num_learners)`` (support loss before each step) and, if ``observe``
@@ -135,7 +145,9 @@ def make_adapt(learners: tuple[Learner, ...], loss_fn: LossFn, inner_rate: str, 
     def adapt(learner_params, log_rates, support: Batch, num_steps: int, observe=None):
         def body(params, step):
             observed = observe(params) if observe is not None else None
-            stepped = [step_learner(l, p, r, step, support) for l, p, r in zip(learners, params, log_rates)]
+            stepped = [
+                step_learner(l, p, r, step, support) for l, p, r in zip(learners, params, log_rates)
+            ]
             new_params = tuple(p for p, _ in stepped)
             trace = {"inner/loss": jnp.stack([loss for _, loss in stepped])}
             if observe is not None:
@@ -143,29 +155,50 @@ def make_adapt(learners: tuple[Learner, ...], loss_fn: LossFn, inner_rate: str, 
             return new_params, trace
 
         if remat == "rollout" and observe is None:
-            parts = [partition(p, l.adapt_mask) for l, p in zip(learners, learner_params)]
-            frozen = tuple(f for _, f in parts)
-            adapted, trace = _rollout(adapted_step, tuple(a for a, _ in parts), (log_rates, frozen), support, num_steps)
-            return tuple(merge(a, f) for a, f in zip(adapted, frozen)), trace
+            return rollout_scan(
+                adapted_step, learners, tuple(learner_params), log_rates, support, num_steps
+            )
         if remat == "step":
             body = jax.checkpoint(body, prevent_cse=False)
-        if num_steps > 1 and not peel_first_step:
-            return jax.lax.scan(body, tuple(learner_params), jnp.arange(num_steps))
-        # The first step is peeled off the scan: under vmap the initial weights are shared by
-        # all tasks, so its forward and backward passes are single large matmuls; inside the
-        # scan the carry is per task from the start and they become per-task batched ones
-        # (sinusoid MAML at meta-batch 1024 on CPU: one step in a scan ran 2x slower; all of 2
-        # steps in the scan 29% slower, of 5 steps 6%). The price is a second copy of the step
-        # for XLA to compile: for conv4 MAML with 5 steps 1.3-3.6 s of a 14-19 s compile, for
-        # no measurable gain in its step time.
-        params, first = body(tuple(learner_params), jnp.asarray(0))
-        traces = [jax.tree_util.tree_map(lambda leaf: leaf[None], first)]
-        if num_steps > 1:
-            params, rest = jax.lax.scan(body, params, jnp.arange(1, num_steps))
-            traces.append(rest)
-        return params, jax.tree_util.tree_map(lambda *parts: jnp.concatenate(parts), *traces)
+        if peel_first_step or num_steps == 1:
+            return peeled_scan(body, tuple(learner_params), num_steps)
+        return jax.lax.scan(body, tuple(learner_params), jnp.arange(num_steps))
 
     return adapt
+
+
+def peeled_scan(body: Callable, params: Any, num_steps: int):
+    """``lax.scan(body, params, arange(num_steps))`` with the first step run before the scan.
+
+    Under ``vmap`` the initial weights are shared by all tasks, so the first step's forward
+    and backward passes are single large matmuls; inside the scan the carry is per task from
+    the start and they become per-task batched ones. The price is a second copy of the step
+    for XLA to compile. A single step never enters a scan.
+    """
+    params, first = body(params, jnp.asarray(0))
+    traces = [jax.tree_util.tree_map(lambda leaf: leaf[None], first)]
+    if num_steps > 1:
+        params, rest = jax.lax.scan(body, params, jnp.arange(1, num_steps))
+        traces.append(rest)
+    return params, jax.tree_util.tree_map(lambda *parts: jnp.concatenate(parts), *traces)
+
+
+def rollout_scan(
+    adapted_step: Callable,
+    learners: tuple[Learner, ...],
+    learner_params: tuple,
+    log_rates: Any,
+    support: Batch,
+    num_steps: int,
+):
+    """The inner loop of ``remat="rollout"``: only the adapted leaves enter ``_rollout``, whose
+    VJP stores nothing but the initial parameters; the frozen ones are constants."""
+    parts = [partition(p, l.adapt_mask) for l, p in zip(learners, learner_params)]
+    frozen = tuple(f for _, f in parts)
+    adapted, trace = _rollout(
+        adapted_step, tuple(a for a, _ in parts), (log_rates, frozen), support, num_steps
+    )
+    return tuple(merge(a, f) for a, f in zip(adapted, frozen)), trace
 
 
 def _rollout(step_fn: Callable, params: Any, constants: Any, support: Batch, num_steps: int):
@@ -197,10 +230,14 @@ def _rollout(step_fn: Callable, params: Any, constants: Any, support: Batch, num
             entering = run(start, rates, data, step)
             _, pull_back = jax.vjp(lambda p, r: step_fn(p, r, data, step)[0], entering, rates)
             params_cotangent, step_rates_cotangent = pull_back(params_cotangent)
-            return params_cotangent, jax.tree_util.tree_map(jnp.add, rates_cotangent, step_rates_cotangent)
+            return params_cotangent, jax.tree_util.tree_map(
+                jnp.add, rates_cotangent, step_rates_cotangent
+            )
 
         zeros = jax.tree_util.tree_map(jnp.zeros_like, rates)
-        params_cotangent, rates_cotangent = jax.lax.fori_loop(0, num_steps, back_one, (params_cotangent, zeros))
+        params_cotangent, rates_cotangent = jax.lax.fori_loop(
+            0, num_steps, back_one, (params_cotangent, zeros)
+        )
         return params_cotangent, rates_cotangent, None
 
     rollout.defvjp(forward, backward)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jmeta import ops
+from jmeta.execution import CONV_IMPLEMENTATIONS
 from jmeta.validation import check_choice, check_positive_int
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -58,7 +59,9 @@ class Linear(nn.Module):
         return nn.Dense(self.out_features, name="head")(x)
 
 
-def make_learner(name: str, module: nn.Module, key: jax.Array, sample_x: jax.Array, *, adapt: str = "all") -> Learner:
+def make_learner(
+    name: str, module: nn.Module, key: jax.Array, sample_x: jax.Array, *, adapt: str = "all"
+) -> Learner:
     """Initialises ``module`` on ``sample_x`` and splits it into a ``Learner``.
 
     Args:
@@ -70,7 +73,9 @@ def make_learner(name: str, module: nn.Module, key: jax.Array, sample_x: jax.Arr
         parameters under a submodule named ``head`` (ANIL).
     """
     params = module.init(key, sample_x)["params"]
-    return Learner(name, lambda p, x: module.apply({"params": p}, x), params, head_mask(params, adapt))
+    return Learner(
+        name, lambda p, x: module.apply({"params": p}, x), params, head_mask(params, adapt)
+    )
 
 
 def head_mask(params: Any, adapt: str) -> Any:
@@ -79,24 +84,43 @@ def head_mask(params: Any, adapt: str) -> Any:
         return None
     if adapt != "head":
         raise ValueError(f"unknown adapt {adapt!r}; expected 'all' or 'head'")
-    mask = jax.tree_util.tree_map_with_path(lambda path, _: any(getattr(k, "key", None) == "head" for k in path), params)
+    mask = jax.tree_util.tree_map_with_path(
+        lambda path, _: any(getattr(k, "key", None) == "head" for k in path), params
+    )
     if not any(jax.tree_util.tree_leaves(mask)):
         raise ValueError("adapt='head' needs a submodule named 'head' in the learner's parameters")
     return mask
 
 
-def mlp_learner(key: jax.Array, in_features: int = 1, hidden: Sequence[int] = (40, 40), out_features: int = 1,
-                *, adapt: str = "all", name: str = "mlp") -> Learner:
+def mlp_learner(
+    key: jax.Array,
+    in_features: int = 1,
+    hidden: Sequence[int] = (40, 40),
+    out_features: int = 1,
+    *,
+    adapt: str = "all",
+    name: str = "mlp",
+) -> Learner:
     """The MAML sinusoid network by default: 1-40-40-1 with ReLU."""
     in_features = check_positive_int("in_features", in_features)
-    module = MLP(tuple(check_positive_int("hidden", h) for h in hidden), check_positive_int("out_features", out_features))
+    module = MLP(
+        tuple(check_positive_int("hidden", h) for h in hidden),
+        check_positive_int("out_features", out_features),
+    )
     return make_learner(name, module, key, jnp.zeros((1, in_features), jnp.float32), adapt=adapt)
 
 
-def linear_learner(key: jax.Array, in_features: int = 1, out_features: int = 1, *, name: str = "linear") -> Learner:
+def linear_learner(
+    key: jax.Array, in_features: int = 1, out_features: int = 1, *, name: str = "linear"
+) -> Learner:
     """A linear base learner."""
     module = Linear(check_positive_int("out_features", out_features))
-    return make_learner(name, module, key, jnp.zeros((1, check_positive_int("in_features", in_features)), jnp.float32))
+    return make_learner(
+        name,
+        module,
+        key,
+        jnp.zeros((1, check_positive_int("in_features", in_features)), jnp.float32),
+    )
 
 
 class TaskBatchNorm(nn.Module):
@@ -137,7 +161,9 @@ class Conv3x3(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features))
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features)
+        )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         if self.conv == "xla":
             out = ops.lax_conv3x3(x, kernel, self.stride)
@@ -148,9 +174,13 @@ class Conv3x3(nn.Module):
 
 def _conv3x3_params(in_features: int, features: int) -> Callable:
     """Initialiser of ``Conv3x3``'s parameters as one dict (same names, shapes and initialisers)."""
+
     def init(key):
-        return {"kernel": nn.initializers.lecun_normal()(key, (3, 3, in_features, features)),
-                "bias": jnp.zeros((features,))}
+        return {
+            "kernel": nn.initializers.lecun_normal()(key, (3, 3, in_features, features)),
+            "bias": jnp.zeros((features,)),
+        }
+
     return init
 
 
@@ -195,17 +225,35 @@ class Conv4(nn.Module):
         """Block 0 on grey or RGB input: the parameter tree of the other blocks, held as plain params
         so that the im2col path can fuse the whole block (``ops.conv_norm_relu_pool``)."""
         conv = self.param("conv_0", _conv3x3_params(x.shape[-1], self.filters))
-        norm = self.param("norm_0", lambda _: {"scale": jnp.ones((self.filters,)), "bias": jnp.zeros((self.filters,))})
+        norm = self.param(
+            "norm_0",
+            lambda _: {"scale": jnp.ones((self.filters,)), "bias": jnp.zeros((self.filters,))},
+        )
         if self.conv == "xla":
             x = ops.lax_conv3x3(x, conv["kernel"]) + conv["bias"].reshape((1, 1, 1, -1))
             return ops.norm_relu_pool(x, norm["scale"], norm["bias"])
-        return ops.conv_norm_relu_pool(x, conv["kernel"], conv["bias"], norm["scale"], norm["bias"],
-                                       keep_patches=self.keep_patches)
+        return ops.conv_norm_relu_pool(
+            x,
+            conv["kernel"],
+            conv["bias"],
+            norm["scale"],
+            norm["bias"],
+            keep_patches=self.keep_patches,
+        )
 
 
-def conv4_learner(key: jax.Array, image_shape: Sequence[int] = (28, 28, 1), ways: int = 5, filters: int = 64,
-                  *, strided: bool = False, conv: str = "im2col", keep_patches: bool | None = None, adapt: str = "all",
-                  name: str = "conv4") -> Learner:
+def conv4_learner(
+    key: jax.Array,
+    image_shape: Sequence[int] = (28, 28, 1),
+    ways: int = 5,
+    filters: int = 64,
+    *,
+    strided: bool = False,
+    conv: str = "im2col",
+    keep_patches: bool | None = None,
+    adapt: str = "all",
+    name: str = "conv4",
+) -> Learner:
     """Conv4 as a base learner; ``ways=0`` gives the embedding network of prototypical networks.
 
     ``conv`` picks how each 3x3 convolution is computed, with the same parameters and
@@ -215,7 +263,7 @@ def conv4_learner(key: jax.Array, image_shape: Sequence[int] = (28, 28, 1), ways
     networks), only longer to compile where each task adapts its own (MAML). ``None``
     turns it on for the embedding network (``ways=0``). It changes no value.
     """
-    check_choice("conv", conv, ops.CONV_IMPLEMENTATIONS)
+    check_choice("conv", conv, CONV_IMPLEMENTATIONS)
     if keep_patches is None:
         keep_patches = ways == 0
     elif not isinstance(keep_patches, bool):
@@ -223,13 +271,17 @@ def conv4_learner(key: jax.Array, image_shape: Sequence[int] = (28, 28, 1), ways
     if ways != 0:
         check_positive_int("ways", ways)
     if not strided and min(image_shape[:2]) < 16:
-        raise ValueError(f"conv4 with max-pooling halves the image four times and needs at least 16x16 images, "
-                         f"got image_shape {tuple(image_shape)}; use strided=True or larger images")
+        raise ValueError(
+            f"conv4 with max-pooling halves the image four times and needs at least 16x16 images, "
+            f"got image_shape {tuple(image_shape)}; use strided=True or larger images"
+        )
     module = Conv4(ways, check_positive_int("filters", filters), strided, conv, keep_patches)
     return make_learner(name, module, key, jnp.zeros((2, *image_shape), jnp.float32), adapt=adapt)
 
 
-def with_linear_head(embedding: Learner, sample_x: jax.Array, ways: int, *, adapt: str = "all") -> Learner:
+def with_linear_head(
+    embedding: Learner, sample_x: jax.Array, ways: int, *, adapt: str = "all"
+) -> Learner:
     """``embedding`` followed by a linear ``head`` of ``ways`` outputs, for the MAML family.
 
     The params are ``{"body": embedding.params, "head": {"kernel", "bias"}}``, so the body
@@ -239,7 +291,10 @@ def with_linear_head(embedding: Learner, sample_x: jax.Array, ways: int, *, adap
     """
     ways = check_positive_int("ways", ways)
     features = jax.eval_shape(embedding.apply_fn, embedding.params, sample_x).shape[-1]
-    params = {"body": embedding.params, "head": {"kernel": jnp.zeros((features, ways)), "bias": jnp.zeros((ways,))}}
+    params = {
+        "body": embedding.params,
+        "head": {"kernel": jnp.zeros((features, ways)), "bias": jnp.zeros((ways,))},
+    }
 
     def apply_fn(p, x):
         return embedding.apply_fn(p["body"], x) @ p["head"]["kernel"] + p["head"]["bias"][None, :]

@@ -7,9 +7,9 @@ happens in the optimizer, so frozen parts still get (unused) gradients and every
 differentiable for tests and analysis.
 
 The single-task loss is written first and vmapped over the task axis in one place,
-``over_tasks``, with meta-parameters broadcast and tasks mapped. ``task_chunk`` splits
-that vmap into chunks run one after another: the same numbers, a working set that fits
-in a CPU's cache (conv4 MAML on 2 CPU cores: see ``jmeta run bench-fewshot``).
+``over_tasks``, with meta-parameters broadcast and tasks mapped. How that vmap and the inner scan are
+scheduled (tasks in chunks, the first inner step peeled) is a ``jmeta.execution.Execution``
+passed beside the config: it changes speed, never a value.
 """
 
 from __future__ import annotations
@@ -20,21 +20,24 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jmeta.execution import CPU, Execution
 from jmeta.inner import RATE_KINDS, REMAT_KINDS, init_log_rate, make_adapt
 from jmeta.losses import LOSSES, get_loss
 from jmeta.models import Learner, head_mask
 from jmeta.strategy import ACTIVATIONS, combine_outputs
 from jmeta.tasks.base import Batch, Task, validate_tasks
-from jmeta.validation import check_choice, check_non_negative_int, check_positive_float, check_positive_int
+from jmeta.validation import check_choice, check_positive_float, check_positive_int
 
 META_GRADIENTS = ("second_order", "first_order", "reptile")
 
 
 class MetaParams(NamedTuple):
-    """Everything the outer loop learns. ``learners``/``inner_lr`` hold one entry per base learner."""
+    """Everything the outer loop learns, one entry per base learner in ``learners`` and
+    ``log_inner_lr`` (the inner learning rates as logarithms, so no outer step makes one
+    negative), and the learning-strategy logits."""
 
     learners: tuple
-    inner_lr: tuple
+    log_inner_lr: tuple
     strategy: jax.Array
 
 
@@ -55,16 +58,8 @@ class MetaLearnerConfig:
         ``"rollout"`` (memory constant in the number of steps, quadratic recompute); see
         ``jmeta.inner.make_adapt``.
       freeze: path prefixes of meta-parameters the outer loop leaves alone, e.g.
-        ``("strategy",)``, ``("learners/0",)``, ``("inner_lr",)``. A fixed inner rate and
+        ``("strategy",)``, ``("learners/0",)``, ``("log_inner_lr",)``. A fixed inner rate and
         the strategy of a single learner are always frozen.
-      task_chunk: ``0`` vmaps over all tasks at once; ``k > 0`` vmaps ``k`` tasks at a
-        time and runs the chunks in sequence (``lax.map``). Same results; on CPU, chunks
-        of conv-net tasks are faster because their activations stay in cache.
-      peel_first_step: with several inner steps, run the first outside the ``lax.scan``
-        of the others, where its products are shared across tasks (faster steps for
-        small models: sinusoid MAML with 2 steps 29% faster on CPU). ``False`` puts every
-        step in the scan and halves the inner loop that XLA compiles (conv4 MAML with 5
-        steps: 1.3-3.6 s less compile, same step time). Same results either way.
     """
 
     num_inner_steps: int = 1
@@ -76,11 +71,8 @@ class MetaLearnerConfig:
     activation: str = "softmax"
     remat: str = "none"
     freeze: tuple[str, ...] = ()
-    task_chunk: int = 0
-    peel_first_step: bool = True
 
     def __post_init__(self):
-        check_non_negative_int("task_chunk", self.task_chunk)
         check_positive_int("num_inner_steps", self.num_inner_steps)
         check_positive_float("inner_lr", self.inner_lr)
         check_choice("inner_rate", self.inner_rate, RATE_KINDS)
@@ -89,10 +81,10 @@ class MetaLearnerConfig:
         check_choice("remat", self.remat, REMAT_KINDS)
         check_choice("loss", self.loss, LOSSES)
         check_choice("activation", self.activation, ACTIVATIONS)
-        if not isinstance(self.peel_first_step, bool):
-            raise ValueError(f"peel_first_step must be True or False, got {self.peel_first_step!r}")
         if isinstance(self.freeze, str):
-            raise ValueError(f"freeze must be a tuple of path prefixes, got the string {self.freeze!r}")
+            raise ValueError(
+                f"freeze must be a tuple of path prefixes, got the string {self.freeze!r}"
+            )
 
 
 class MetaLearner(NamedTuple):
@@ -100,6 +92,7 @@ class MetaLearner(NamedTuple):
 
     Attributes:
       config: the ``MetaLearnerConfig`` it was built from.
+      execution: the ``Execution`` it runs with.
       learners: the base learners (their ``params`` are the initial meta-parameters).
       init: ``() -> MetaParams``.
       trainable: ``MetaParams -> pytree of bools``; ``False`` marks frozen leaves.
@@ -113,6 +106,7 @@ class MetaLearner(NamedTuple):
     """
 
     config: MetaLearnerConfig
+    execution: Execution
     learners: tuple
     init: Callable
     trainable: Callable
@@ -139,6 +133,7 @@ def over_tasks(fn: Callable, chunk: int = 0) -> Callable:
         if chunk >= jax.tree_util.tree_leaves(tasks)[0].shape[0]:
             return vmapped(meta_params, tasks)
         return jax.lax.map(lambda task: fn(meta_params, task), tasks, batch_size=chunk)
+
     return chunked
 
 
@@ -152,9 +147,11 @@ def mean_task_grad(task_loss: Callable, meta_loss: Callable, chunk: int = 0) -> 
     3.7 s per step that way, 2.3 s this way).
     """
     if not chunk:
+
         def grad_of_mean(meta_params, tasks):
             (_, metrics), grads = jax.value_and_grad(meta_loss, has_aux=True)(meta_params, tasks)
             return grads, metrics
+
         return grad_of_mean
 
     def mean_of_grads(meta_params, tasks):
@@ -163,6 +160,7 @@ def mean_task_grad(task_loss: Callable, meta_loss: Callable, chunk: int = 0) -> 
         (_, metrics), grads = over_tasks(per_task, chunk)(meta_params, tasks)
         mean = lambda leaf: jnp.mean(leaf, axis=0)
         return jax.tree_util.tree_map(mean, grads), jax.tree_util.tree_map(mean, metrics)
+
     return mean_of_grads
 
 
@@ -177,14 +175,18 @@ def _path_name(path) -> str:
     return "/".join(parts)
 
 
-def make_meta_learner(learners: Learner | tuple[Learner, ...] | list[Learner],
-                      config: MetaLearnerConfig = MetaLearnerConfig()) -> MetaLearner:
+def make_meta_learner(
+    learners: Learner | tuple[Learner, ...] | list[Learner],
+    config: MetaLearnerConfig = MetaLearnerConfig(),
+    execution: Execution = CPU,
+) -> MetaLearner:
     """Builds the pure functions of a meta-learner over one or more base learners.
 
     Args:
       learners: a ``Learner`` or a sequence of them; with several, their adapted outputs are
         combined by the learning strategy.
-      config: a ``MetaLearnerConfig``.
+      config: a ``MetaLearnerConfig``: the algorithm.
+      execution: a ``jmeta.execution.Execution`` (default ``CPU``): how XLA schedules it.
 
     Example::
 
@@ -204,13 +206,18 @@ def make_meta_learner(learners: Learner | tuple[Learner, ...] | list[Learner],
         learners = tuple(l._replace(adapt_mask=head_mask(l.params, "head")) for l in learners)
 
     loss_fn = get_loss(config.loss)
-    adapt_all = make_adapt(learners, loss_fn, config.inner_rate,
-                           first_order=config.meta_gradient == "first_order", remat=config.remat,
-                           fixed_lr=config.inner_lr if config.inner_rate == "fixed" else None,
-                           peel_first_step=config.peel_first_step)
+    adapt_all = make_adapt(
+        learners,
+        loss_fn,
+        config.inner_rate,
+        first_order=config.meta_gradient == "first_order",
+        remat=config.remat,
+        fixed_lr=config.inner_lr if config.inner_rate == "fixed" else None,
+        peel_first_step=execution.peel_first_step,
+    )
     frozen_prefixes = tuple(config.freeze)
     if config.inner_rate == "fixed":
-        frozen_prefixes += ("inner_lr",)
+        frozen_prefixes += ("log_inner_lr",)
     if len(learners) == 1:
         frozen_prefixes += ("strategy",)
 
@@ -218,14 +225,20 @@ def make_meta_learner(learners: Learner | tuple[Learner, ...] | list[Learner],
         dtype = jax.tree_util.tree_leaves(learners[0].params)[0].dtype
         return MetaParams(
             learners=tuple(l.params for l in learners),
-            inner_lr=tuple(init_log_rate(config.inner_rate, config.inner_lr, l, config.num_inner_steps)
-                           for l in learners),
-            strategy=jnp.zeros((len(learners),), dtype))
+            log_inner_lr=tuple(
+                init_log_rate(config.inner_rate, config.inner_lr, l, config.num_inner_steps)
+                for l in learners
+            ),
+            strategy=jnp.zeros((len(learners),), dtype),
+        )
 
     def trainable(meta_params: MetaParams) -> Any:
         def is_trainable(path, _):
             name = _path_name(path)
-            return not any(name == p or name.startswith(p.rstrip("/") + "/") for p in frozen_prefixes)
+            return not any(
+                name == p or name.startswith(p.rstrip("/") + "/") for p in frozen_prefixes
+            )
+
         return jax.tree_util.tree_map_with_path(is_trainable, meta_params)
 
     def predict(meta_params: MetaParams, adapted: tuple, x: jax.Array) -> jax.Array:
@@ -233,8 +246,12 @@ def make_meta_learner(learners: Learner | tuple[Learner, ...] | list[Learner],
         return combine_outputs(outputs, meta_params.strategy, config.activation, config.loss)
 
     def adapt(meta_params: MetaParams, support: Batch, num_steps: int | None = None, observe=None):
-        steps = config.num_inner_steps if num_steps is None else check_positive_int("num_steps", num_steps)
-        return adapt_all(meta_params.learners, meta_params.inner_lr, support, steps, observe)
+        steps = (
+            config.num_inner_steps
+            if num_steps is None
+            else check_positive_int("num_steps", num_steps)
+        )
+        return adapt_all(meta_params.learners, meta_params.log_inner_lr, support, steps, observe)
 
     def query_metrics(meta_params: MetaParams, params: tuple, query: Batch) -> dict:
         outputs = predict(meta_params, params, query.x)
@@ -246,45 +263,70 @@ def make_meta_learner(learners: Learner | tuple[Learner, ...] | list[Learner],
     def task_loss(meta_params: MetaParams, task: Task):
         adapted, trace = adapt(meta_params, task.support)
         post = query_metrics(meta_params, adapted, task.query)
-        metrics = {"inner/loss_first": trace["inner/loss"][0].mean(),
-                   "inner/loss_last": trace["inner/loss"][-1].mean()}
+        metrics = {
+            "inner/loss_first": trace["inner/loss"][0].mean(),
+            "inner/loss_last": trace["inner/loss"][-1].mean(),
+        }
         metrics.update({f"post/{k}": v for k, v in post.items()})
         return post["loss"], metrics
 
     def meta_loss(meta_params: MetaParams, tasks: Task):
         validate_tasks(tasks)
-        losses, metrics = over_tasks(task_loss, config.task_chunk)(meta_params, tasks)
+        losses, metrics = over_tasks(task_loss, execution.task_chunk)(meta_params, tasks)
         return losses.mean(), jax.tree_util.tree_map(jnp.mean, metrics)
 
     def reptile_grad(meta_params: MetaParams, tasks: Task):
         validate_tasks(tasks)
+
         def task_direction(meta_params, task):
             adapted, trace = adapt(meta_params, task.support)
             post = query_metrics(meta_params, adapted, task.query)
-            return adapted, {"inner/loss_first": trace["inner/loss"][0].mean(), "post/loss": post["loss"]}
+            return adapted, {
+                "inner/loss_first": trace["inner/loss"][0].mean(),
+                "post/loss": post["loss"],
+            }
 
-        adapted, metrics = over_tasks(task_direction, config.task_chunk)(meta_params, tasks)
+        adapted, metrics = over_tasks(task_direction, execution.task_chunk)(meta_params, tasks)
         # Reptile moves the initialisation towards the adapted weights: init - mean(adapted)
         # plays the role of a gradient for the outer optimizer. Rates and strategy stay put.
-        learner_grads = jax.tree_util.tree_map(lambda p, a: p - a.mean(axis=0), meta_params.learners, adapted)
-        grads = MetaParams(learner_grads, jax.tree_util.tree_map(jnp.zeros_like, meta_params.inner_lr),
-                           jnp.zeros_like(meta_params.strategy))
+        learner_grads = jax.tree_util.tree_map(
+            lambda p, a: p - a.mean(axis=0), meta_params.learners, adapted
+        )
+        grads = MetaParams(
+            learner_grads,
+            jax.tree_util.tree_map(jnp.zeros_like, meta_params.log_inner_lr),
+            jnp.zeros_like(meta_params.strategy),
+        )
         return grads, jax.tree_util.tree_map(jnp.mean, metrics)
 
     def meta_grad(meta_params: MetaParams, tasks: Task):
         if config.meta_gradient == "reptile":
             return reptile_grad(meta_params, tasks)
-        return mean_task_grad(task_loss, meta_loss, config.task_chunk)(meta_params, tasks)
+        return mean_task_grad(task_loss, meta_loss, execution.task_chunk)(meta_params, tasks)
 
     def evaluate(meta_params: MetaParams, tasks: Task, num_steps: int) -> dict:
         validate_tasks(tasks)
+
         def task_trajectory(meta_params, task):
             observe = lambda params: query_metrics(meta_params, params, task.query)
             adapted, trace = adapt(meta_params, task.support, num_steps, observe)
             final = query_metrics(meta_params, adapted, task.query)
-            return jax.tree_util.tree_map(lambda steps, last: jnp.concatenate([steps, last[None]]),
-                                          trace["observed"], final)
+            return jax.tree_util.tree_map(
+                lambda steps, last: jnp.concatenate([steps, last[None]]), trace["observed"], final
+            )
 
-        return over_tasks(task_trajectory, config.task_chunk)(meta_params, tasks)
+        return over_tasks(task_trajectory, execution.task_chunk)(meta_params, tasks)
 
-    return MetaLearner(config, learners, init, trainable, adapt, predict, task_loss, meta_loss, meta_grad, evaluate)
+    return MetaLearner(
+        config,
+        execution,
+        learners,
+        init,
+        trainable,
+        adapt,
+        predict,
+        task_loss,
+        meta_loss,
+        meta_grad,
+        evaluate,
+    )

@@ -22,7 +22,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-def batch_affine(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -> tuple[jax.Array, jax.Array]:
+
+def batch_affine(
+    x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float
+) -> tuple[jax.Array, jax.Array]:
     """Batch norm of ``x`` with batch statistics as a per-channel ``x * multiplier + offset``
     (both shaped ``(1, ..., 1, channels)``)."""
     axes = tuple(range(x.ndim - 1))
@@ -33,7 +36,9 @@ def batch_affine(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float
     return multiplier, bias.reshape(shape) - mean * multiplier
 
 
-def norm_relu_pool(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float = 1e-5) -> jax.Array:
+def norm_relu_pool(
+    x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float = 1e-5
+) -> jax.Array:
     """``max_pool2x2(relu(batch_norm(x)))`` with the pooling done first, bit for bit the same.
 
     Max-pooling commutes with a per-channel increasing map, and batch norm followed by ReLU
@@ -64,12 +69,26 @@ def _patches(x: jax.Array, stride: int) -> jax.Array:
     out_height, top, bottom = _same_padding(x.shape[-3], stride)
     out_width, left, right = _same_padding(x.shape[-2], stride)
     padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    rows = [jnp.stack([padded[:, i:i + (out_height - 1) * stride + 1:stride, j:j + (out_width - 1) * stride + 1:stride]
-                       for j in range(3)], axis=-2) for i in range(3)]
+    rows = [
+        jnp.stack(
+            [
+                padded[
+                    :,
+                    i : i + (out_height - 1) * stride + 1 : stride,
+                    j : j + (out_width - 1) * stride + 1 : stride,
+                ]
+                for j in range(3)
+            ],
+            axis=-2,
+        )
+        for i in range(3)
+    ]
     return jnp.stack(rows, axis=-3).reshape((*x.shape[:-3], out_height, out_width, 9 * x.shape[-1]))
 
 
-def conv3x3(x: jax.Array, kernel: jax.Array, stride: int = 1, *, keep_patches: bool = False) -> jax.Array:
+def conv3x3(
+    x: jax.Array, kernel: jax.Array, stride: int = 1, *, keep_patches: bool = False
+) -> jax.Array:
     """SAME 3x3 convolution of ``x`` (N, H, W, C) with ``kernel`` (3, 3, C, F), as one matmul.
 
     Equal to ``lax.conv_general_dilated`` with NHWC/HWIO and SAME padding. Stride 1 has a
@@ -106,7 +125,7 @@ def _row_patches(x: jax.Array) -> jax.Array:
     """The three horizontal taps of every row of the SAME-padded ``x``: (N, H + 2, W, 3 C), (j, c) order."""
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     width = x.shape[-2]
-    taps = jnp.stack([padded[:, :, j:j + width] for j in range(3)], axis=-2)
+    taps = jnp.stack([padded[:, :, j : j + width] for j in range(3)], axis=-2)
     return taps.reshape((*taps.shape[:-2], 3 * x.shape[-1]))
 
 
@@ -117,16 +136,20 @@ def _row_patch_conv(x: jax.Array, rows: jax.Array, kernel: jax.Array) -> jax.Arr
     Output row y is the sum over kernel rows i of (row patches of padded row y + i) @ kernel[i].
     """
     height, features = x.shape[-3], kernel.shape[-1]
-    by_row = jnp.transpose(kernel, (1, 2, 0, 3)).reshape((3 * x.shape[-1], 3 * features))  # (j, c) x (i, f)
+    by_row = jnp.transpose(kernel, (1, 2, 0, 3)).reshape(
+        (3 * x.shape[-1], 3 * features)
+    )  # (j, c) x (i, f)
     taps = (rows @ by_row).reshape((x.shape[0], height + 2, x.shape[-2], 3, features))
-    return sum(taps[:, i:i + height, :, i] for i in range(3))
+    return sum(taps[:, i : i + height, :, i] for i in range(3))
 
 
 def _row_patch_kernel_grad(x: jax.Array, rows: jax.Array, cotangent: jax.Array) -> jax.Array:
     """The kernel gradient of ``_row_patch_conv``: the row patches against the cotangent shifted by each kernel row."""
     height = x.shape[-3]
     padded = jnp.pad(cotangent, ((0, 0), (2, 2), (0, 0), (0, 0)))
-    shifted = jnp.stack([padded[:, 2 - i:4 - i + height] for i in range(3)], axis=-2)  # (N, H + 2, W, 3, F)
+    shifted = jnp.stack(
+        [padded[:, 2 - i : 4 - i + height] for i in range(3)], axis=-2
+    )  # (N, H + 2, W, 3, F)
     grad = rows.reshape((-1, rows.shape[-1])).T @ shifted.reshape((-1, 3 * cotangent.shape[-1]))
     return jnp.transpose(grad.reshape((3, x.shape[-1], 3, -1)), (2, 0, 1, 3))
 
@@ -177,7 +200,9 @@ def _flip(kernel: jax.Array) -> jax.Array:
 
 
 @jax.custom_vjp
-def _conv3x3_kernel_grad(x: jax.Array, columns: jax.Array | None, cotangent: jax.Array) -> jax.Array:
+def _conv3x3_kernel_grad(
+    x: jax.Array, columns: jax.Array | None, cotangent: jax.Array
+) -> jax.Array:
     """The kernel gradient of ``conv3x3(x, kernel)`` for an output cotangent: ``patches.T @ cotangent``.
 
     ``columns`` is ``_columns(x)`` computed already, or None to compute it here. It is a
@@ -188,7 +213,9 @@ def _conv3x3_kernel_grad(x: jax.Array, columns: jax.Array | None, cotangent: jax
     if _uses_row_patches(x):
         return _row_patch_kernel_grad(x, columns, cotangent)
     patches = columns.reshape((-1, 9 * x.shape[-1]))
-    return (patches.T @ cotangent.reshape((-1, cotangent.shape[-1]))).reshape((3, 3, x.shape[-1], -1))
+    return (patches.T @ cotangent.reshape((-1, cotangent.shape[-1]))).reshape(
+        (3, 3, x.shape[-1], -1)
+    )
 
 
 def _conv3x3_kernel_grad_forward(x, columns, cotangent):
@@ -202,7 +229,11 @@ def _conv3x3_kernel_grad_backward(residuals, kernel_cotangent):
     # nine slices. ``columns`` gets no cotangent of its own (None: a symbolic zero), as
     # the one of ``x`` already holds the whole derivative.
     x, cotangent = residuals
-    return _conv3x3_same(cotangent, _flip(kernel_cotangent)), None, _conv3x3_same(x, kernel_cotangent)
+    return (
+        _conv3x3_same(cotangent, _flip(kernel_cotangent)),
+        None,
+        _conv3x3_same(x, kernel_cotangent),
+    )
 
 
 _conv3x3_kernel_grad.defvjp(_conv3x3_kernel_grad_forward, _conv3x3_kernel_grad_backward)
@@ -211,13 +242,11 @@ _conv3x3_kernel_grad.defvjp(_conv3x3_kernel_grad_forward, _conv3x3_kernel_grad_b
 _conv3x3_same.defvjp(_conv3x3_same_forward, _conv3x3_same_backward)
 
 
-CONV_IMPLEMENTATIONS = ("im2col", "xla")
-
-
 def lax_conv3x3(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     """``conv3x3`` computed by ``lax.conv_general_dilated``."""
-    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), "SAME",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
 def max_pool2x2(x: jax.Array) -> jax.Array:
@@ -227,12 +256,20 @@ def max_pool2x2(x: jax.Array) -> jax.Array:
     latter is a select-and-scatter that XLA:CPU runs about 2x slower.
     """
     n, height, width, channels = x.shape
-    x = x[:, :height // 2 * 2, :width // 2 * 2]
+    x = x[:, : height // 2 * 2, : width // 2 * 2]
     return x.reshape((n, height // 2, 2, width // 2, 2, channels)).max(axis=(2, 4))
 
 
-def conv_norm_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, scale: jax.Array, norm_bias: jax.Array,
-                        epsilon: float = 1e-5, *, keep_patches: bool = False) -> jax.Array:
+def conv_norm_relu_pool(
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array,
+    scale: jax.Array,
+    norm_bias: jax.Array,
+    epsilon: float = 1e-5,
+    *,
+    keep_patches: bool = False,
+) -> jax.Array:
     """``TaskBatchNorm(relu_pool=True)`` of ``conv3x3(x, kernel) + bias`` for inputs with few channels.
 
     The batch statistics of the convolution's output are computed from the mean and

@@ -19,7 +19,9 @@ from jmeta.validation import check_positive_float, check_positive_int
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
 
 
-def make_optimizer(optimizer: str | optax.GradientTransformation, learning_rate: float = 0.05) -> optax.GradientTransformation:
+def make_optimizer(
+    optimizer: str | optax.GradientTransformation, learning_rate: float = 0.05
+) -> optax.GradientTransformation:
     """``"adam"``, ``"sgd"`` (gradient descent), ``"lbfgs"``, or any optax transformation as is."""
     if isinstance(optimizer, optax.GradientTransformation):
         return optimizer
@@ -30,12 +32,19 @@ def make_optimizer(optimizer: str | optax.GradientTransformation, learning_rate:
         return optax.sgd(learning_rate)
     if optimizer == "lbfgs":
         return optax.lbfgs()
-    raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(map(repr, OPTIMIZERS))} "
-                     "or an optax GradientTransformation")
+    raise ValueError(
+        f"unknown optimizer {optimizer!r}; expected one of {', '.join(map(repr, OPTIMIZERS))} "
+        "or an optax GradientTransformation"
+    )
 
 
-def minimise(loss_fn: Callable[[Any], jax.Array], params: Any, optimizer: optax.GradientTransformation,
-             num_iterations: int, record: Callable[[Any], Any] | None = None) -> tuple[Any, jax.Array, Any]:
+def minimise(
+    loss_fn: Callable[[Any], jax.Array],
+    params: Any,
+    optimizer: optax.GradientTransformation,
+    num_iterations: int,
+    record: Callable[[Any], Any] | None = None,
+) -> tuple[Any, jax.Array, Any]:
     """Runs ``num_iterations`` optimizer steps on ``loss_fn`` from ``params``.
 
     Transformations that take extra arguments (L-BFGS's line search) get ``value``,
@@ -55,23 +64,36 @@ def minimise(loss_fn: Callable[[Any], jax.Array], params: Any, optimizer: optax.
         # Keep the best iterate: a line search that gives up (flat or non-smooth losses in
         # float32) can leave L-BFGS worse than where it started, and NaN never wins.
         improved = value < best_loss
-        best_params = jax.tree_util.tree_map(lambda p, b: jnp.where(improved, p, b), params, best_params)
+        best_params = jax.tree_util.tree_map(
+            lambda p, b: jnp.where(improved, p, b), params, best_params
+        )
         best_loss = jnp.where(improved, value, best_loss)
         if extra_args:
-            updates, state = optimizer.update(grad, state, params, value=value, grad=grad, value_fn=loss_fn)
+            updates, state = optimizer.update(
+                grad, state, params, value=value, grad=grad, value_fn=loss_fn
+            )
         else:
             updates, state = optimizer.update(grad, state, params)
         params = optax.apply_updates(params, updates)
-        return (params, state, best_params, best_loss), (value, record(params) if record is not None else None)
+        return (params, state, best_params, best_loss), (
+            value,
+            record(params) if record is not None else None,
+        )
 
     initial_loss = jnp.asarray(jnp.inf, jax.eval_shape(loss_fn, params).dtype)
     carry = (params, optimizer.init(params), params, initial_loss)
-    (params, _, best_params, best_loss), (losses, records) = jax.lax.scan(step, carry, None, length=num_iterations)
+    (params, _, best_params, best_loss), (losses, records) = jax.lax.scan(
+        step, carry, None, length=num_iterations
+    )
     final_loss = loss_fn(params)
-    params = jax.tree_util.tree_map(lambda p, b: jnp.where(final_loss < best_loss, p, b), params, best_params)
+    params = jax.tree_util.tree_map(
+        lambda p, b: jnp.where(final_loss < best_loss, p, b), params, best_params
+    )
     return params, losses, records
 
 
 def frozen_where(params: Any, trainable: Any) -> Any:
     """``params`` with ``stop_gradient`` on the leaves where ``trainable`` is False."""
-    return jax.tree_util.tree_map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
+    return jax.tree_util.tree_map(
+        lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable
+    )

@@ -50,21 +50,27 @@ def freeze(optimizer: optax.GradientTransformation, trainable: Any) -> optax.Gra
     return optax.multi_transform({"train": optimizer, "freeze": optax.set_to_zero()}, labels)
 
 
-def make_meta_step(meta_learner: MetaLearner, sample_task: Callable[[jax.Array], Task], num_tasks: int,
-                   optimizer: optax.GradientTransformation | None = None) -> MetaStep:
+def make_meta_step(
+    meta_learner: MetaLearner,
+    sample_task: Callable[[jax.Array], Task],
+    meta_batch: int,
+    optimizer: optax.GradientTransformation | None = None,
+) -> MetaStep:
     """Builds the jitted outer step of ``meta_learner``.
 
     Args:
       meta_learner: from ``make_meta_learner``.
       sample_task: a pure ``key -> Task`` sampler; a meta-batch is drawn on device each step.
-      num_tasks: the meta-batch size.
+      meta_batch: the number of tasks a meta-step draws and averages over.
       optimizer: any optax transformation (default: ``default_optimizer()``). Frozen
         meta-parameters are masked out around it.
     """
-    num_tasks = check_positive_int("num_tasks", num_tasks)
+    meta_batch = check_positive_int("meta_batch", meta_batch)
     optimizer = default_optimizer() if optimizer is None else optimizer
     if not isinstance(optimizer, optax.GradientTransformation):
-        raise TypeError(f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
+        raise TypeError(
+            f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}"
+        )
     transform = freeze(optimizer, meta_learner.trainable(meta_learner.init()))
 
     def init(meta_params) -> MetaState:
@@ -74,7 +80,7 @@ def make_meta_step(meta_learner: MetaLearner, sample_task: Callable[[jax.Array],
         return MetaState(meta_params, transform.init(meta_params), jnp.zeros((), jnp.int32))
 
     def step(state: MetaState, key: jax.Array):
-        tasks = sample_tasks(sample_task, jax.random.fold_in(key, state.step), num_tasks)
+        tasks = sample_tasks(sample_task, jax.random.fold_in(key, state.step), meta_batch)
         grads, metrics = meta_learner.meta_grad(state.meta_params, tasks)
         updates, opt_state = transform.update(grads, state.opt_state, state.meta_params)
         meta_params = optax.apply_updates(state.meta_params, updates)
@@ -84,4 +90,6 @@ def make_meta_step(meta_learner: MetaLearner, sample_task: Callable[[jax.Array],
         state, metrics = jax.lax.scan(lambda s, _: step(s, key), state, None, length=num_steps)
         return state, jax.tree_util.tree_map(jnp.mean, metrics)
 
-    return MetaStep(init, jax.jit(step, donate_argnums=0), jax.jit(run, static_argnums=2, donate_argnums=0))
+    return MetaStep(
+        init, jax.jit(step, donate_argnums=0), jax.jit(run, static_argnums=2, donate_argnums=0)
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jmeta.execution import CPU, Execution
 from jmeta.losses import cross_entropy
 from jmeta.models import Learner
 from jmeta.objective import MetaLearner, MetaLearnerConfig, MetaParams, mean_task_grad, over_tasks
@@ -31,19 +32,22 @@ def prototype_logits(query_embeddings: jax.Array, class_prototypes: jax.Array) -
     return -jnp.sum(jnp.square(differences), axis=-1)
 
 
-def make_protonet(embedding: Learner, ways: int, *, task_chunk: int = 0) -> MetaLearner:
+def make_protonet(embedding: Learner, ways: int, *, execution: Execution = CPU) -> MetaLearner:
     """A prototypical network over ``embedding`` (e.g. ``conv4_learner(key, ways=0)``).
 
-    ``task_chunk`` is ``MetaLearnerConfig.task_chunk``: 0 vmaps over all tasks at once.
+    ``execution`` schedules it as it does a gradient-based meta-learner (its
+    ``task_chunk``: 0 vmaps over all tasks at once).
     """
     ways = check_positive_int("ways", ways)
-    config = MetaLearnerConfig(loss="ce", task_chunk=task_chunk)
+    config = MetaLearnerConfig(loss="ce")
 
     def init() -> MetaParams:
         return MetaParams((embedding.params,), (jnp.zeros(()),), jnp.zeros((1,)))
 
     def trainable(meta_params):
-        return MetaParams(jax.tree_util.tree_map(lambda _: True, meta_params.learners), (False,), False)
+        return MetaParams(
+            jax.tree_util.tree_map(lambda _: True, meta_params.learners), (False,), False
+        )
 
     def adapt(meta_params, support, num_steps=None):
         features = embedding.apply_fn(meta_params.learners[0], support.x)
@@ -55,18 +59,36 @@ def make_protonet(embedding: Learner, ways: int, *, task_chunk: int = 0) -> Meta
     def task_loss(meta_params, task: Task):
         logits = predict(meta_params, adapt(meta_params, task.support)[0], task.query.x)
         loss = cross_entropy(logits, task.query.y)
-        return loss, {"post/loss": loss, "post/accuracy": jnp.mean(jnp.argmax(logits, -1) == task.query.y)}
+        return loss, {
+            "post/loss": loss,
+            "post/accuracy": jnp.mean(jnp.argmax(logits, -1) == task.query.y),
+        }
 
     def meta_loss(meta_params, tasks: Task):
         validate_tasks(tasks)
-        losses, metrics = over_tasks(task_loss, config.task_chunk)(meta_params, tasks)
+        losses, metrics = over_tasks(task_loss, execution.task_chunk)(meta_params, tasks)
         return losses.mean(), jax.tree_util.tree_map(jnp.mean, metrics)
 
-    meta_grad = mean_task_grad(task_loss, meta_loss, config.task_chunk)
+    meta_grad = mean_task_grad(task_loss, meta_loss, execution.task_chunk)
 
     def evaluate(meta_params, tasks: Task, num_steps: int = 0):
         validate_tasks(tasks)
-        _, metrics = over_tasks(task_loss, config.task_chunk)(meta_params, tasks)
-        return {"loss": metrics["post/loss"][:, None], "accuracy": metrics["post/accuracy"][:, None]}
+        _, metrics = over_tasks(task_loss, execution.task_chunk)(meta_params, tasks)
+        return {
+            "loss": metrics["post/loss"][:, None],
+            "accuracy": metrics["post/accuracy"][:, None],
+        }
 
-    return MetaLearner(config, (embedding,), init, trainable, adapt, predict, task_loss, meta_loss, meta_grad, evaluate)
+    return MetaLearner(
+        config,
+        execution,
+        (embedding,),
+        init,
+        trainable,
+        adapt,
+        predict,
+        task_loss,
+        meta_loss,
+        meta_grad,
+        evaluate,
+    )

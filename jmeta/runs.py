@@ -25,22 +25,30 @@ from jmeta.checkpoint import atomic_write_json, atomic_write_text, load_pytree, 
 class RunDir:
     """Files of one experiment run (see the module docstring)."""
 
-    def __init__(self, path: str | os.PathLike, experiment: str, config: Any, *, resume: bool = False):
+    def __init__(
+        self, path: str | os.PathLike, experiment: str, config: Any, *, resume: bool = False
+    ):
         self.path = os.fspath(path)
         self.experiment = experiment
         config_record = {"experiment": experiment, "config": _jsonable(dataclasses.asdict(config))}
         config_path = os.path.join(self.path, "config.json")
         if resume:
             if not os.path.exists(config_path):
-                raise FileNotFoundError(f"--resume {self.path}: no config.json there, so there is no run to resume")
+                raise FileNotFoundError(
+                    f"--resume {self.path}: no config.json there, so there is no run to resume"
+                )
             with open(config_path) as f:
                 saved = json.load(f)
             if saved != config_record:
-                raise ValueError(f"--resume {self.path}: the run was started with {saved}, not {config_record}")
+                raise ValueError(
+                    f"--resume {self.path}: the run was started with {saved}, not {config_record}"
+                )
         else:
             if os.path.exists(config_path):
-                raise FileExistsError(f"--out {self.path} already holds a run; pass --resume {self.path} "
-                                      "to continue it or choose another --out")
+                raise FileExistsError(
+                    f"--out {self.path} already holds a run; pass --resume {self.path} "
+                    "to continue it or choose another --out"
+                )
             os.makedirs(self.path, exist_ok=True)
             atomic_write_json(config_path, config_record)
             atomic_write_text(self.metrics_path, "")
@@ -72,8 +80,12 @@ class RunDir:
 
     def rewind_metrics(self, stage: str, step: int) -> None:
         """Drops ``stage``'s lines after ``step`` (logged after the checkpoint being resumed)."""
-        kept = [r for r in self.metrics() if not (r.get("stage") == stage and r.get("step", 0) > step)]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        kept = [
+            r for r in self.metrics() if not (r.get("stage") == stage and r.get("step", 0) > step)
+        ]
+        atomic_write_text(
+            self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
+        )
 
     def checkpoint_path(self, stage: str) -> str:
         return os.path.join(self.path, "checkpoints", f"{stage}.npz")

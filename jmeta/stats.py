@@ -24,7 +24,10 @@ def format_mean_ci(mean: float, ci: float, digits: int = 3) -> str:
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     """A GitHub-flavoured markdown table."""
-    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines = [
+        "| " + " | ".join(map(str, header)) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 

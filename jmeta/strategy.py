@@ -23,7 +23,9 @@ def strategy_weights(logits: jax.Array, activation: str) -> jax.Array:
     return ACTIVATIONS[check_choice("activation", activation, ACTIVATIONS)](logits)
 
 
-def combine_outputs(outputs: Sequence[jax.Array], logits: jax.Array, activation: str, loss: str) -> jax.Array:
+def combine_outputs(
+    outputs: Sequence[jax.Array], logits: jax.Array, activation: str, loss: str
+) -> jax.Array:
     """The strategy's prediction: ``sum_l w_l * out_l`` (of log-probabilities for ``"ce"``)."""
     if len(outputs) == 1 and activation == "softmax":
         # The softmax of one logit is identically 1 (zero gradient): skipping the product

@@ -1,4 +1,5 @@
-"""The host loop around the jitted meta step: chunks, logging, checkpoints, progress bar.
+"""Meta-training: ``train`` (the whole recipe) and ``fit``, the host loop around the jitted meta
+step: chunks, logging, checkpoints, progress bar.
 
 Steps run in chunks of ``log_every`` inside one jitted ``lax.scan`` (``MetaStep.run``);
 chunk boundaries are multiples of ``log_every`` whether or not the run was resumed, and
@@ -10,10 +11,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 from tqdm.auto import tqdm
 
-from jmeta.outer import MetaState, MetaStep
+from jmeta.execution import CPU, Execution
+from jmeta.objective import MetaLearner
+from jmeta.outer import MetaState, MetaStep, default_optimizer, make_meta_step
 from jmeta.runs import RunDir
+from jmeta.tasks.base import TaskSampler
 from jmeta.validation import check_positive_int
 
 
@@ -24,13 +29,25 @@ def check_schedule(num_steps: int, log_every: int, checkpoint_every: int) -> tup
     log_every = check_positive_int("log_every", log_every)
     checkpoint_every = check_positive_int("checkpoint_every", checkpoint_every)
     if checkpoint_every % log_every:
-        raise ValueError(f"checkpoint_every ({checkpoint_every}) must be a multiple of log_every ({log_every})")
+        raise ValueError(
+            f"checkpoint_every ({checkpoint_every}) must be a multiple of log_every ({log_every})"
+        )
     return num_steps, log_every, checkpoint_every
 
 
-def fit(meta_step: MetaStep, state: MetaState, key: jax.Array, num_steps: int, *, log_every: int = 100,
-        checkpoint_every: int = 1000, run: RunDir | None = None, stage: str = "train",
-        progress: bool = True, scan: bool = True) -> MetaState:
+def fit(
+    meta_step: MetaStep,
+    state: MetaState,
+    key: jax.Array,
+    num_steps: int,
+    *,
+    log_every: int = 100,
+    checkpoint_every: int = 1000,
+    run: RunDir | None = None,
+    stage: str = "train",
+    progress: bool = True,
+    execution: Execution = CPU,
+) -> MetaState:
     """Runs meta-training until ``state.step == num_steps``.
 
     Args:
@@ -43,11 +60,9 @@ def fit(meta_step: MetaStep, state: MetaState, key: jax.Array, num_steps: int, *
       run: where to log and checkpoint; ``None`` keeps everything in memory.
       stage: the name of this training run inside ``run``.
       progress: show a tqdm progress bar.
-      scan: run each chunk as one jitted ``lax.scan`` (``MetaStep.run``: no per-step Python
-        work, best for small models) or as one jitted call per step (``MetaStep.step``):
-        on XLA:CPU gradients of ``lax.conv`` inside a scan are many times slower
-        (jax-ml/jax#12868), so learners built with ``conv="xla"`` train faster with
-        ``scan=False``; conv4's default im2col convolutions measured the same either way.
+      execution: its ``scan`` runs each chunk as one jitted ``lax.scan`` (``MetaStep.run``)
+        or, when ``False``, as one jitted call per step (``MetaStep.step``); see
+        ``jmeta.execution``. Same values either way.
 
     Returns:
       The final ``MetaState``.
@@ -62,20 +77,84 @@ def fit(meta_step: MetaStep, state: MetaState, key: jax.Array, num_steps: int, *
     with tqdm(total=num_steps, initial=step, desc=stage, disable=not progress, leave=False) as bar:
         while step < num_steps:
             chunk = min(log_every - step % log_every, num_steps - step)
-            if scan:
+            if execution.scan:
                 state, metrics = meta_step.run(state, key, chunk)
             else:
                 totals = None
                 for _ in range(chunk):
                     state, step_metrics = meta_step.step(state, key)
-                    totals = step_metrics if totals is None else jax.tree_util.tree_map(jnp.add, totals, step_metrics)
+                    totals = (
+                        step_metrics
+                        if totals is None
+                        else jax.tree_util.tree_map(jnp.add, totals, step_metrics)
+                    )
                 metrics = jax.tree_util.tree_map(lambda total: total / chunk, totals)
             step += chunk
             metrics = {name: float(value) for name, value in metrics.items()}
             bar.update(chunk)
-            bar.set_postfix({name.split("/")[-1]: f"{value:.3g}" for name, value in metrics.items() if "post" in name})
+            bar.set_postfix(
+                {
+                    name.split("/")[-1]: f"{value:.3g}"
+                    for name, value in metrics.items()
+                    if "post" in name
+                }
+            )
             if run is not None:
                 run.log({"stage": stage, "step": step, **metrics})
                 if step % checkpoint_every == 0 or step == num_steps:
                     run.save_checkpoint(stage, state)
     return state
+
+
+def train(
+    meta_learner: MetaLearner,
+    sample_task: TaskSampler,
+    key: jax.Array,
+    num_steps: int,
+    *,
+    meta_batch: int,
+    optimizer: optax.GradientTransformation | None = None,
+    outer_lr: float = 1e-3,
+    meta_params=None,
+    log_every: int = 100,
+    checkpoint_every: int = 1000,
+    run: RunDir | None = None,
+    stage: str = "train",
+    progress: bool = True,
+) -> MetaState:
+    """Meta-trains ``meta_learner`` on tasks from ``sample_task``: the build, init, fit recipe.
+
+    Args:
+      meta_learner: from ``make_meta_learner`` or ``make_protonet``; its ``execution``
+        decides how the steps run (``jmeta.execution``).
+      sample_task: a pure ``key -> Task`` sampler.
+      key: the run's base key.
+      num_steps: outer steps.
+      meta_batch: tasks per outer step.
+      optimizer: any optax transformation (default ``default_optimizer(outer_lr)``).
+      meta_params: where to start (default ``meta_learner.init()``).
+      log_every, checkpoint_every, run, stage, progress: as in ``fit``: metrics, atomic
+        checkpoints and exact resume in ``run``, a progress bar.
+
+    Returns:
+      The final ``MetaState``; its ``meta_params`` go to ``jmeta.evaluate``.
+
+    Example::
+
+      state = jmeta.train(maml, sampler, jax.random.key(0), 1000, meta_batch=8)
+    """
+    optimizer = default_optimizer(outer_lr) if optimizer is None else optimizer
+    meta_step = make_meta_step(meta_learner, sample_task, meta_batch, optimizer)
+    start = meta_learner.init() if meta_params is None else meta_params
+    return fit(
+        meta_step,
+        meta_step.init(start),
+        key,
+        num_steps,
+        log_every=log_every,
+        checkpoint_every=checkpoint_every,
+        run=run,
+        stage=stage,
+        progress=progress,
+        execution=meta_learner.execution,
+    )

@@ -51,7 +51,9 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     """Raises unless ``value`` is one of ``choices``."""
     choices = tuple(choices)
     if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}")
+        raise ValueError(
+            f"unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}"
+        )
     return value
 
 
@@ -60,17 +62,27 @@ def check_finite(name: str, array: Any) -> None:
     values = np.asarray(array)
     if values.dtype.kind in "fc" and not np.all(np.isfinite(values)):
         bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
-        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf); clean the data first")
+        raise ValueError(
+            f"{name} contains {bad} non-finite value(s) (NaN or inf); clean the data first"
+        )
 
 
-def check_fields(config: Any, *, positive_ints: Iterable[str] = (), non_negative_ints: Iterable[str] = (),
-                 positive_floats: Iterable[str] = (), at_least_two: Iterable[str] = ()) -> None:
+def check_fields(
+    config: Any,
+    *,
+    positive_ints: Iterable[str] = (),
+    non_negative_ints: Iterable[str] = (),
+    positive_floats: Iterable[str] = (),
+    at_least_two: Iterable[str] = (),
+) -> None:
     """Checks an experiment's config fields by name before anything runs; a tuple-valued
     field (``shots=5,10``) is checked item by item. ``at_least_two`` is for counts such as
     ways or folds, where one is as meaningless as zero."""
+
     def values(name):
         value = getattr(config, name)
         return value if isinstance(value, tuple) else (value,)
+
     for name in positive_ints:
         for value in values(name):
             check_positive_int(name, value)

@@ -6,8 +6,10 @@ import jax.numpy as jnp
 import jmeta
 
 
-def sinusoid_tasks(seed=0, num_tasks=4, shots=5, num_query=7, dtype=jnp.float32):
-    tasks = jmeta.sample_tasks(jmeta.make_sinusoid_sampler(shots, num_query), jax.random.key(seed), num_tasks)
+def sinusoid_tasks(seed=0, num_tasks=4, shots=5, queries=7, dtype=jnp.float32):
+    tasks = jmeta.sample_tasks(
+        jmeta.make_sinusoid_sampler(shots, queries), jax.random.key(seed), num_tasks
+    )
     return jax.tree_util.tree_map(lambda a: a.astype(dtype), tasks)
 
 
@@ -21,5 +23,8 @@ def small_mlp(seed=0, hidden=(8, 8), dtype=jnp.float32, **kwargs):
     learner = jmeta.mlp_learner(jax.random.key(seed), hidden=hidden, **kwargs)
     leaves, treedef = jax.tree_util.tree_flatten(learner.params)
     keys = jax.random.split(jax.random.key(seed + 1000), len(leaves))
-    leaves = [(p + 0.1 * jax.random.normal(k, p.shape, p.dtype)).astype(dtype) for p, k in zip(leaves, keys)]
+    leaves = [
+        (p + 0.1 * jax.random.normal(k, p.shape, p.dtype)).astype(dtype)
+        for p, k in zip(leaves, keys)
+    ]
     return learner._replace(params=jax.tree_util.tree_unflatten(treedef, leaves))

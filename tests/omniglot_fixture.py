@@ -17,7 +17,9 @@ def answers_from(runs_zip, run):
     """The training class index of each test item, read back from class_labels.txt."""
     with zipfile.ZipFile(runs_zip) as archive:
         text = archive.read(f"run{run:02d}/class_labels.txt").decode()
-    return [int(c.split("class")[1][:2]) - 1 for _, c in (line.split() for line in text.splitlines())]
+    return [
+        int(c.split("class")[1][:2]) - 1 for _, c in (line.split() for line in text.splitlines())
+    ]
 
 
 def png_bytes(value=255, size=8):

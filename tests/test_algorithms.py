@@ -11,9 +11,13 @@ from tests.helpers import sinusoid_tasks, small_mlp
 
 @pytest.mark.parametrize("name", sorted(jmeta.ALGORITHMS))
 def test_every_algorithm_lowers_the_post_adaptation_loss(name):
-    meta_learner = jmeta.make_meta_learner(small_mlp(hidden=(16, 16)), jmeta.algorithm_config(name, num_inner_steps=2))
-    meta_step = jmeta.make_meta_step(meta_learner, jmeta.make_sinusoid_sampler(5, 10), 8, jmeta.default_optimizer(3e-3))
-    evaluation = sinusoid_tasks(seed=7, num_tasks=64, shots=5, num_query=20)
+    meta_learner = jmeta.make_meta_learner(
+        small_mlp(hidden=(16, 16)), jmeta.algorithm_config(name, num_inner_steps=2)
+    )
+    meta_step = jmeta.make_meta_step(
+        meta_learner, jmeta.make_sinusoid_sampler(5, 10), 8, jmeta.default_optimizer(3e-3)
+    )
+    evaluation = sinusoid_tasks(seed=7, num_tasks=64, shots=5, queries=20)
     before = float(meta_learner.evaluate(meta_learner.init(), evaluation, 2)["loss"][:, 2].mean())
     state, _ = meta_step.run(meta_step.init(meta_learner.init()), jax.random.key(1), 300)
     after = float(meta_learner.evaluate(state.meta_params, evaluation, 2)["loss"][:, 2].mean())
@@ -24,12 +28,17 @@ def test_rates_have_the_shape_of_their_form():
     learner = small_mlp()
     kernel = learner.params["hidden_0"]["kernel"]
     shapes = {
-        "maml": (), "maml_lr": (),
+        "maml": (),
+        "maml_lr": (),
         "metasgd": kernel.shape,
         "lslr": (3,),
     }
     for name, shape in shapes.items():
-        rates = jmeta.make_meta_learner(learner, jmeta.algorithm_config(name, num_inner_steps=3)).init().inner_lr[0]
+        rates = (
+            jmeta.make_meta_learner(learner, jmeta.algorithm_config(name, num_inner_steps=3))
+            .init()
+            .log_inner_lr[0]
+        )
         leaf = rates if name in ("maml", "maml_lr") else rates["hidden_0"]["kernel"]
         assert leaf.shape == shape, name
         np.testing.assert_allclose(jnp.exp(leaf), 0.01, rtol=1e-6)
@@ -42,27 +51,35 @@ def test_fixed_rate_and_single_strategy_are_frozen_and_learned_rates_move():
         meta_step = jmeta.make_meta_step(meta_learner, tasks_sampler, 4)
         start = meta_learner.init()
         state, _ = meta_step.run(meta_step.init(start), jax.random.key(0), 20)
-        assert bool(state.meta_params.inner_lr[0] != start.inner_lr[0]) == rate_moves, name
+        assert bool(state.meta_params.log_inner_lr[0] != start.log_inner_lr[0]) == rate_moves, name
         assert float(state.meta_params.strategy[0]) == float(start.strategy[0])
 
 
 def test_anil_adapts_only_the_head():
-    meta_learner = jmeta.make_meta_learner(small_mlp(), jmeta.algorithm_config("anil", num_inner_steps=2, inner_lr=0.1))
+    meta_learner = jmeta.make_meta_learner(
+        small_mlp(), jmeta.algorithm_config("anil", num_inner_steps=2, inner_lr=0.1)
+    )
     meta_params = meta_learner.init()
     task = jax.tree_util.tree_map(lambda a: a[0], sinusoid_tasks())
     adapted, _ = meta_learner.adapt(meta_params, task.support)
     adapted = adapted[0]
-    assert bool(jnp.all(adapted["hidden_0"]["kernel"] == meta_params.learners[0]["hidden_0"]["kernel"]))
+    assert bool(
+        jnp.all(adapted["hidden_0"]["kernel"] == meta_params.learners[0]["hidden_0"]["kernel"])
+    )
     assert not bool(jnp.all(adapted["head"]["kernel"] == meta_params.learners[0]["head"]["kernel"]))
 
 
 def test_freezing_a_learner_keeps_its_initial_weights():
     learners = (small_mlp(0), small_mlp(1, name="b"))
-    meta_learner = jmeta.make_meta_learner(learners, jmeta.MetaLearnerConfig(freeze=("learners/1",)))
+    meta_learner = jmeta.make_meta_learner(
+        learners, jmeta.MetaLearnerConfig(freeze=("learners/1",))
+    )
     meta_step = jmeta.make_meta_step(meta_learner, jmeta.make_sinusoid_sampler(5, 10), 4)
     start = meta_learner.init()
     state, _ = meta_step.run(meta_step.init(start), jax.random.key(0), 10)
-    same = jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)), state.meta_params.learners, start.learners)
+    same = jax.tree_util.tree_map(
+        lambda a, b: bool(jnp.all(a == b)), state.meta_params.learners, start.learners
+    )
     assert all(jax.tree_util.tree_leaves(same[1])) and not all(jax.tree_util.tree_leaves(same[0]))
     assert bool(jnp.any(state.meta_params.strategy != start.strategy))
 

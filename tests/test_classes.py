@@ -11,7 +11,12 @@ from jmeta.data import class_indexed, load_digits_classes, load_mnist, read_idx
 
 def _write_idx(path, array, code):
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + array.astype(array.dtype.newbyteorder(">") if array.dtype.itemsize > 1 else array.dtype).tobytes()
+    payload = (
+        header
+        + array.astype(
+            array.dtype.newbyteorder(">") if array.dtype.itemsize > 1 else array.dtype
+        ).tobytes()
+    )
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "wb") as f:
         f.write(payload)

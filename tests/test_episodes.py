@@ -31,16 +31,24 @@ def test_shapes_labels_and_disjoint_classes_under_vmap():
         # label's support and query examples are different examples of the same class.
         support_class = np.asarray(tasks.support.x[t, :, 0, 0, 0])
         query_class = np.asarray(tasks.query.x[t, :, 0, 0, 0])
-        mapping = {label: set(support_class[support_y == label]) | set(query_class[query_y == label])
-                   for label in range(5)}
+        mapping = {
+            label: set(support_class[support_y == label]) | set(query_class[query_y == label])
+            for label in range(5)
+        }
         assert all(len(c) == 1 for c in mapping.values())
         assert len({c.pop() for c in mapping.values()}) == 5
         for label in range(5):
-            used = np.concatenate([tasks.support.x[t, support_y == label, 0, 0, 1],
-                                   tasks.query.x[t, query_y == label, 0, 0, 1]])
+            used = np.concatenate(
+                [
+                    tasks.support.x[t, support_y == label, 0, 0, 1],
+                    tasks.query.x[t, query_y == label, 0, 0, 1],
+                ]
+            )
             assert len(set(used.tolist())) == 5
     # Labels are relabelled at random: the same class does not always get the same label.
-    first_labels = {int(tasks.support.x[t, 0, 0, 0, 0]): int(tasks.support.y[t, 0]) for t in range(16)}
+    first_labels = {
+        int(tasks.support.x[t, 0, 0, 0, 0]): int(tasks.support.y[t, 0]) for t in range(16)
+    }
     assert len(set(first_labels.values())) > 1
 
 
@@ -71,7 +79,9 @@ def test_impossible_requests_fail_before_compiling():
     data = _class_coded_data(classes=4, examples=3)
     with pytest.raises(ValueError, match="ways = 5 but the data has only 4 classes"):
         make_episode_sampler(data, ways=5, shots=1, queries=1)
-    with pytest.raises(ValueError, match="shots \\+ queries = 4 but each class has only 3 examples"):
+    with pytest.raises(
+        ValueError, match="shots \\+ queries = 4 but each class has only 3 examples"
+    ):
         make_episode_sampler(data, ways=2, shots=2, queries=2)
     with pytest.raises(ValueError, match="data is empty"):
         make_episode_sampler(np.zeros((0, 3, 4, 4, 1)), ways=2, shots=1, queries=1)
@@ -81,4 +91,6 @@ def test_impossible_requests_fail_before_compiling():
         make_episode_sampler(np.zeros((4, 3, 4)), ways=2, shots=1, queries=1)
     with pytest.raises(ValueError, match="any group has only 2 classes"):
         make_episode_sampler(data, ways=3, shots=1, queries=1, groups=[0, 0, 1, 1])
-    make_episode_sampler(data, ways=16, shots=1, queries=1, rotations=True)  # 4 classes x 4 rotations
+    make_episode_sampler(
+        data, ways=16, shots=1, queries=1, rotations=True
+    )  # 4 classes x 4 rotations

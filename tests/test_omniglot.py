@@ -77,7 +77,9 @@ def test_members_that_escape_are_refused(tmp_path, name):
 
 
 def test_corrupt_and_truncated_archives_give_clear_errors(tmp_path):
-    good = _zip_with(tmp_path, [f"set/Alphabet/character{c:02d}/{d}.png" for c in (1, 2) for d in range(3)])
+    good = _zip_with(
+        tmp_path, [f"set/Alphabet/character{c:02d}/{d}.png" for c in (1, 2) for d in range(3)]
+    )
     truncated = tmp_path / "truncated.zip"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(ValueError, match="not a readable zip archive"):
@@ -85,16 +87,20 @@ def test_corrupt_and_truncated_archives_give_clear_errors(tmp_path):
     damaged = tmp_path / "damaged.zip"
     data = bytearray(good.read_bytes())
     offset = data.find(b"IDAT")  # corrupt one drawing's bytes: its CRC no longer matches
-    data[offset + 8: offset + 12] = b"\x00\x01\x02\x03"
+    data[offset + 8 : offset + 12] = b"\x00\x01\x02\x03"
     damaged.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="corrupt or truncated"):
         load_omniglot(damaged, cache=False)
     loaded = load_omniglot(good, image_size=8, cache=False)
-    assert loaded.images.shape == (2, 3, 8, 8, 1) and float(loaded.images.max()) == 0.0  # white = background
+    assert (
+        loaded.images.shape == (2, 3, 8, 8, 1) and float(loaded.images.max()) == 0.0
+    )  # white = background
 
 
 def test_layout_errors(tmp_path):
-    uneven = _zip_with(tmp_path, ["set/A/character01/1.png", "set/A/character01/2.png", "set/A/character02/1.png"])
+    uneven = _zip_with(
+        tmp_path, ["set/A/character01/1.png", "set/A/character01/2.png", "set/A/character02/1.png"]
+    )
     with pytest.raises(ValueError, match="different numbers of drawings"):
         load_omniglot(uneven, cache=False)
     with pytest.raises(FileNotFoundError, match="no Omniglot archive"):

@@ -1,6 +1,5 @@
 """The Omniglot experiments at a tiny size, on the real background sets and a runs fixture."""
 
-
 import numpy as np
 import pytest
 
@@ -23,19 +22,34 @@ def test_modified_hausdorff_against_a_hand_computation():
 
 
 def test_omniglot_and_runs_experiments_tiny(tmp_path):
-    results = run_experiment("omniglot", str(tmp_path / "omniglot"), TINY + ["eval_tasks=20", "plot_episodes=1",
-                             f"background={SMALL1}", f"evaluation={SMALL2}"], progress=False)
+    results = run_experiment(
+        "omniglot",
+        str(tmp_path / "omniglot"),
+        TINY + ["eval_tasks=20", "plot_episodes=1", f"background={SMALL1}", f"evaluation={SMALL2}"],
+        progress=False,
+    )
     assert set(results["test_alphabets"]) == {"Japanese_(katakana)", "Sanskrit", "Tagalog"}
     accuracy = results["accuracy"]
-    assert set(accuracy) == {"protonet/5-way 1-shot", "protonet/5-way 5-shot", "protonet/20-way 1-shot",
-                             "protonet/20-way 5-shot", "protonet/20-way 1-shot within alphabet"}
+    assert set(accuracy) == {
+        "protonet/5-way 1-shot",
+        "protonet/5-way 5-shot",
+        "protonet/20-way 1-shot",
+        "protonet/20-way 5-shot",
+        "protonet/20-way 1-shot within alphabet",
+    }
     assert accuracy["protonet/5-way 5-shot"]["mean"] > 0.3  # chance is 0.2
     assert (tmp_path / "omniglot" / "episodes.png").stat().st_size > 0
 
-    runs_zip = build_runs_zip(SMALL2, tmp_path / "runs.zip", alphabets=("Japanese_(katakana)", "Sanskrit"))
+    runs_zip = build_runs_zip(
+        SMALL2, tmp_path / "runs.zip", alphabets=("Japanese_(katakana)", "Sanskrit")
+    )
     assert len(load_oneshot_runs(runs_zip)) == 20
-    reused = run_experiment("omniglot-runs", str(tmp_path / "runs"), TINY + [
-        f"runs={runs_zip}", f"checkpoint={tmp_path / 'omniglot'}"], progress=False)
+    reused = run_experiment(
+        "omniglot-runs",
+        str(tmp_path / "runs"),
+        TINY + [f"runs={runs_zip}", f"checkpoint={tmp_path / 'omniglot'}"],
+        progress=False,
+    )
     errors = reused["error_rate"]
     assert set(errors) == {"protonet", "nearest_neighbour", "hausdorff"}
     assert all(len(v) == 20 and all(0 <= e <= 1 for e in v) for v in errors.values())
@@ -48,47 +62,79 @@ def test_omniglot_and_runs_experiments_tiny(tmp_path):
 
 
 def test_runs_with_maml_trained_at_twenty_ways(tmp_path):
-    runs_zip = build_runs_zip(SMALL2, tmp_path / "runs.zip", alphabets=("Japanese_(katakana)", "Sanskrit"))
-    results = run_experiment("omniglot-runs", str(tmp_path / "runs"), TINY + [
-        f"runs={runs_zip}", f"background={SMALL1}", "methods=maml", "maml_num_steps=3", "maml_meta_batch=2",
-        "task_chunk=0"], progress=False)
+    runs_zip = build_runs_zip(
+        SMALL2, tmp_path / "runs.zip", alphabets=("Japanese_(katakana)", "Sanskrit")
+    )
+    results = run_experiment(
+        "omniglot-runs",
+        str(tmp_path / "runs"),
+        TINY
+        + [
+            f"runs={runs_zip}",
+            f"background={SMALL1}",
+            "methods=maml",
+            "maml_num_steps=3",
+            "maml_meta_batch=2",
+            "execution=cpu",
+        ],
+        progress=False,
+    )
     assert set(results["error_rate"]) == {"maml"}
     assert len(results["error_rate"]["maml"]) == 20
     assert all(0 <= e <= 1 for e in results["error_rate"]["maml"])
     assert "maml-20way" in (tmp_path / "runs" / "metrics.jsonl").read_text()
     # a checkpoint directory without that method's stage is an error, not a silent retrain
     with pytest.raises(FileNotFoundError, match="no fomaml-20way checkpoint"):
-        run_experiment("omniglot-runs", str(tmp_path / "again"), TINY + [
-            f"runs={runs_zip}", "methods=fomaml", f"checkpoint={tmp_path / 'runs'}"], progress=False)
+        run_experiment(
+            "omniglot-runs",
+            str(tmp_path / "again"),
+            TINY + [f"runs={runs_zip}", "methods=fomaml", f"checkpoint={tmp_path / 'runs'}"],
+            progress=False,
+        )
 
 
 def test_runs_refuses_an_unknown_method(tmp_path):
     with pytest.raises(ValueError, match="unknown method 'mamal'"):
-        run_experiment("omniglot-runs", str(tmp_path / "runs"), [f"runs={tmp_path}", "methods=protonet,mamal"],
-                       progress=False)
+        run_experiment(
+            "omniglot-runs",
+            str(tmp_path / "runs"),
+            [f"runs={tmp_path}", "methods=protonet,mamal"],
+            progress=False,
+        )
 
 
-@pytest.mark.parametrize("field, message", [
-    ("eval_tasks=0", "eval_tasks must be a positive integer, got 0"),
-    ("train_ways=1", "train_ways must be an integer >= 2, got 1"),
-    ("settings=5x1,1x1", "settings: '1x1' needs at least 2 ways and 1 shot"),
-    ("settings=5x0", "settings: '5x0' needs at least 2 ways"),
-    ("outer_lr=nan", "outer_lr must be a positive finite number, got nan"),
-    ("meta_batch=0", "meta_batch must be a positive integer, got 0"),
-    ("task_chunk=-1", "task_chunk must be a non-negative integer, got -1"),
-    ("maml_num_steps=0", "maml_num_steps must be a positive integer, got 0"),
-    ("checkpoint_every=75", r"checkpoint_every \(75\) must be a multiple of log_every \(50\)"),
-    ("plot_episodes=0", "plot_episodes must be a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "field, message",
+    [
+        ("eval_tasks=0", "eval_tasks must be a positive integer, got 0"),
+        ("train_ways=1", "train_ways must be an integer >= 2, got 1"),
+        ("settings=5x1,1x1", "settings: '1x1' needs at least 2 ways and 1 shot"),
+        ("settings=5x0", "settings: '5x0' needs at least 2 ways"),
+        ("outer_lr=nan", "outer_lr must be a positive finite number, got nan"),
+        ("meta_batch=0", "meta_batch must be a positive integer, got 0"),
+        ("execution=tpu", "unknown execution 'tpu'"),
+        ("maml_num_steps=0", "maml_num_steps must be a positive integer, got 0"),
+        ("checkpoint_every=75", r"checkpoint_every \(75\) must be a multiple of log_every \(50\)"),
+        ("plot_episodes=0", "plot_episodes must be a positive integer, got 0"),
+    ],
+)
 def test_omniglot_refuses_a_bad_field_before_reading_data(tmp_path, field, message):
     # The background does not exist: a check made only after loading (or after training,
     # as eval_tasks=0 once was, with an IndexError) would raise something else.
     with pytest.raises(ValueError, match=message):
-        run_experiment("omniglot", str(tmp_path / "run"), [field, f"background={tmp_path / 'missing.zip'}"],
-                       progress=False)
+        run_experiment(
+            "omniglot",
+            str(tmp_path / "run"),
+            [field, f"background={tmp_path / 'missing.zip'}"],
+            progress=False,
+        )
 
 
 def test_runs_refuses_a_bad_training_field_before_reading_the_runs(tmp_path):
     with pytest.raises(ValueError, match="train_ways must be an integer >= 2, got 1"):
-        run_experiment("omniglot-runs", str(tmp_path / "runs"), [f"runs={tmp_path / 'missing.zip'}", "train_ways=1"],
-                       progress=False)
+        run_experiment(
+            "omniglot-runs",
+            str(tmp_path / "runs"),
+            [f"runs={tmp_path / 'missing.zip'}", "train_ways=1"],
+            progress=False,
+        )

@@ -1,7 +1,5 @@
 """conv4 and its CPU kernels (jmeta.ops): each equal to its plain form, derivatives included."""
 
-
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -17,7 +15,9 @@ def test_conv4_shapes():
         classifier = conv4_learner(jax.random.key(0), ways=5, filters=8, strided=strided)
         chex.assert_shape(classifier.apply_fn(classifier.params, images), (6, 5))
         embedding = conv4_learner(jax.random.key(0), ways=0, filters=8, strided=strided)
-        chex.assert_shape(embedding.apply_fn(embedding.params, images), (6, 8))  # 28 -> 1x1 after 4 halvings
+        chex.assert_shape(
+            embedding.apply_fn(embedding.params, images), (6, 8)
+        )  # 28 -> 1x1 after 4 halvings
     assert "head" in classifier.params and "norm_3" in classifier.params
     with pytest.raises(ValueError, match="at least 16x16 images"):
         conv4_learner(jax.random.key(0), (12, 12, 1))
@@ -33,14 +33,19 @@ def test_conv3x3_matches_flax_conv():
         ours = Conv3x3(5, stride)
         params = ours.init(jax.random.key(1), x)
         reference = nn.Conv(5, (3, 3), strides=stride, padding="SAME")
-        np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            ours.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5
+        )
 
 
-@pytest.mark.parametrize("stride, max_row_patch_positions, keep_patches",
-                         [(1, 0, False), (1, 0, True), (1, 10_000, False), (2, 0, False)],
-                         ids=["im2col", "im2col-kept-patches", "row-patches", "stride-2"])
-def test_conv3x3_derivatives_to_third_order_match_lax_conv(x64, monkeypatch, stride, max_row_patch_positions,
-                                                           keep_patches):
+@pytest.mark.parametrize(
+    "stride, max_row_patch_positions, keep_patches",
+    [(1, 0, False), (1, 0, True), (1, 10_000, False), (2, 0, False)],
+    ids=["im2col", "im2col-kept-patches", "row-patches", "stride-2"],
+)
+def test_conv3x3_derivatives_to_third_order_match_lax_conv(
+    x64, monkeypatch, stride, max_row_patch_positions, keep_patches
+):
     # Float64 at a small shape: the hand-written VJPs of the stride-1 convolution (and of its
     # kernel gradient) must agree with lax.conv's autodiff to the first, the second (as
     # second-order MAML needs) and the third order, on the im2col and the row-patch path,
@@ -55,8 +60,9 @@ def test_conv3x3_derivatives_to_third_order_match_lax_conv(x64, monkeypatch, str
     assert ops._uses_row_patches(x) == (max_row_patch_positions > 3 * 7 * 8)
 
     def reference(x, kernel):
-        return jax.lax.conv_general_dilated(x, kernel, (stride, stride), "SAME",
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jax.lax.conv_general_dilated(
+            x, kernel, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
 
     def gradient_norm(conv):
         def loss(x, kernel):
@@ -64,13 +70,17 @@ def test_conv3x3_derivatives_to_third_order_match_lax_conv(x64, monkeypatch, str
 
         def norm(x, kernel):
             gx, gk = jax.grad(loss, (0, 1))(x, kernel)
-            return jnp.sum(gx ** 2) + jnp.sum(gk ** 2)
+            return jnp.sum(gx**2) + jnp.sum(gk**2)
 
         def second_norm(x, kernel):  # the kernel gradient's own VJP, differentiated once more
             gx, gk = jax.grad(norm, (0, 1))(x, kernel)
-            return jnp.sum(gx ** 2) + jnp.sum(gk ** 2)
-        return (jax.grad(loss, (0, 1))(x, kernel), jax.grad(norm, (0, 1))(x, kernel),
-                jax.grad(second_norm, (0, 1))(x, kernel))
+            return jnp.sum(gx**2) + jnp.sum(gk**2)
+
+        return (
+            jax.grad(loss, (0, 1))(x, kernel),
+            jax.grad(norm, (0, 1))(x, kernel),
+            jax.grad(second_norm, (0, 1))(x, kernel),
+        )
 
     ours = gradient_norm(lambda x, k: conv3x3(x, k, stride, keep_patches=keep_patches))
     chex.assert_trees_all_close(ours, gradient_norm(reference), rtol=1e-9, atol=1e-9)
@@ -87,7 +97,9 @@ def test_kept_patches_change_no_gradient_under_vmap_with_a_shared_kernel():
         def loss(x, kernel):
             out = jax.vmap(lambda task: conv3x3(task, kernel, keep_patches=keep_patches))(x)
             return jnp.sum(jnp.tanh(out) ** 2)
+
         return jax.jit(jax.grad(loss, (0, 1)))(x, kernel)
+
     chex.assert_trees_all_close(gradients(True), gradients(False), rtol=1e-5, atol=1e-5)
 
 
@@ -103,8 +115,12 @@ def test_conv4_keeps_patches_for_the_embedding_network_only():
     assert keeps_patches(embedding) and not keeps_patches(recomputing)
     assert not keeps_patches(conv4_learner(jax.random.key(0), (16, 16, 1), ways=5))
     assert keeps_patches(conv4_learner(jax.random.key(0), (16, 16, 1), ways=5, keep_patches=True))
-    np.testing.assert_allclose(embedding.apply_fn(embedding.params, x), recomputing.apply_fn(recomputing.params, x),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        embedding.apply_fn(embedding.params, x),
+        recomputing.apply_fn(recomputing.params, x),
+        rtol=1e-6,
+        atol=1e-6,
+    )
     with pytest.raises(ValueError, match="keep_patches must be True, False or None, got 'yes'"):
         conv4_learner(jax.random.key(0), (16, 16, 1), ways=0, keep_patches="yes")
 
@@ -127,9 +143,17 @@ def test_pool_first_block_matches_normalise_relu_then_pool(x64):
         def __call__(self, x):
             return TaskBatchNorm(relu_pool=True, name="norm")(x)
 
-    x = jax.random.normal(jax.random.key(0), (4, 9, 7, 6), jnp.float64)  # odd sizes: last row/column dropped
-    params = {"params": {"norm": {"scale": jnp.array([1.5, -0.5, 0.2, -2.0, 1.0, -1.0]),
-                                  "bias": jnp.array([0.1, 0.3, -0.2, 0.0, -1.0, 0.5])}}}
+    x = jax.random.normal(
+        jax.random.key(0), (4, 9, 7, 6), jnp.float64
+    )  # odd sizes: last row/column dropped
+    params = {
+        "params": {
+            "norm": {
+                "scale": jnp.array([1.5, -0.5, 0.2, -2.0, 1.0, -1.0]),
+                "bias": jnp.array([0.1, 0.3, -0.2, 0.0, -1.0, 0.5]),
+            }
+        }
+    }
     np.testing.assert_allclose(nn.max_pool(x, (2, 2), (2, 2), "VALID"), max_pool2x2(x))
     expected = Reference().apply(params, x)
     chex.assert_shape(expected, (4, 4, 3, 6))
@@ -137,8 +161,13 @@ def test_pool_first_block_matches_normalise_relu_then_pool(x64):
 
     def loss(module):
         return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
-    chex.assert_trees_all_close(jax.grad(loss(PoolFirst()), (0, 1))(params, x),
-                                jax.grad(loss(Reference()), (0, 1))(params, x), rtol=1e-10, atol=1e-10)
+
+    chex.assert_trees_all_close(
+        jax.grad(loss(PoolFirst()), (0, 1))(params, x),
+        jax.grad(loss(Reference()), (0, 1))(params, x),
+        rtol=1e-10,
+        atol=1e-10,
+    )
 
 
 def test_first_block_from_patch_statistics_matches_the_plain_block(x64):
@@ -163,15 +192,22 @@ def test_first_block_from_patch_statistics_matches_the_plain_block(x64):
     args = (x, kernel, bias, scale, norm_bias)
     np.testing.assert_allclose(conv_norm_relu_pool(*args), plain(*args), rtol=1e-12, atol=1e-12)
     loss = lambda block: lambda *a: jnp.sum(jnp.sin(block(*a)))
-    chex.assert_trees_all_close(jax.grad(loss(conv_norm_relu_pool), range(5))(*args),
-                                jax.grad(loss(plain), range(5))(*args), rtol=1e-10, atol=1e-10)
+    chex.assert_trees_all_close(
+        jax.grad(loss(conv_norm_relu_pool), range(5))(*args),
+        jax.grad(loss(plain), range(5))(*args),
+        rtol=1e-10,
+        atol=1e-10,
+    )
 
 
 def test_pooled_conv4_keeps_the_parameter_tree_of_its_blocks():
     learner = conv4_learner(jax.random.key(0), (28, 28, 1), ways=5, filters=8)
     shapes = jax.tree_util.tree_map(jnp.shape, learner.params)
     for block in range(4):
-        assert shapes[f"conv_{block}"] == {"kernel": (3, 3, 1 if block == 0 else 8, 8), "bias": (8,)}
+        assert shapes[f"conv_{block}"] == {
+            "kernel": (3, 3, 1 if block == 0 else 8, 8),
+            "bias": (8,),
+        }
         assert shapes[f"norm_{block}"] == {"scale": (8,), "bias": (8,)}
     assert shapes["head"] == {"kernel": (8, 5), "bias": (5,)}
 
@@ -183,7 +219,11 @@ def test_conv4_with_lax_conv_is_the_same_network():
         im2col = conv4_learner(jax.random.key(0), ways=5, filters=8, strided=strided)
         xla = conv4_learner(jax.random.key(0), ways=5, filters=8, strided=strided, conv="xla")
         chex.assert_trees_all_equal(im2col.params, xla.params)
-        np.testing.assert_allclose(xla.apply_fn(im2col.params, images), im2col.apply_fn(im2col.params, images),
-                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            xla.apply_fn(im2col.params, images),
+            im2col.apply_fn(im2col.params, images),
+            rtol=1e-4,
+            atol=1e-4,
+        )
     with pytest.raises(ValueError, match="unknown conv 'cudnn'"):
         conv4_learner(jax.random.key(0), conv="cudnn")

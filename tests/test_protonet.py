@@ -1,7 +1,5 @@
 """Prototypical networks and gradient-based classification on tiny episodes."""
 
-
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -9,6 +7,7 @@ import numpy as np
 import pytest
 
 import jmeta
+from jmeta.execution import Execution
 from jmeta.models import conv4_learner
 from jmeta.protonet import make_protonet, prototype_logits, prototypes
 from jmeta.tasks import make_episode_sampler
@@ -39,24 +38,49 @@ def _accuracy(meta_learner, meta_params, sampler, steps):
 
 def test_tiny_protonet_training_beats_chance():
     sampler = make_episode_sampler(_easy_images(), ways=5, shots=1, queries=3)
-    protonet = make_protonet(conv4_learner(jax.random.key(0), (12, 12, 1), ways=0, filters=8, strided=True), 5)
+    protonet = make_protonet(
+        conv4_learner(jax.random.key(0), (12, 12, 1), ways=0, filters=8, strided=True), 5
+    )
     meta_step = jmeta.make_meta_step(protonet, sampler, 4, jmeta.default_optimizer(3e-3))
-    state = fit(meta_step, meta_step.init(protonet.init()), jax.random.key(1), 30, log_every=10,
-                checkpoint_every=10, progress=False, scan=False)
+    state = fit(
+        meta_step,
+        meta_step.init(protonet.init()),
+        jax.random.key(1),
+        30,
+        log_every=10,
+        checkpoint_every=10,
+        progress=False,
+        execution=Execution(scan=False),
+    )
     assert _accuracy(protonet, state.meta_params, sampler, 0) > 0.6  # chance is 0.2
 
 
-@pytest.mark.parametrize("algorithm", ["maml", pytest.param("fomaml", marks=pytest.mark.slow),
-                                       pytest.param("metasgd", marks=pytest.mark.slow),
-                                       pytest.param("anil", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "algorithm",
+    [
+        "maml",
+        pytest.param("fomaml", marks=pytest.mark.slow),
+        pytest.param("metasgd", marks=pytest.mark.slow),
+        pytest.param("anil", marks=pytest.mark.slow),
+    ],
+)
 def test_tiny_gradient_based_classification_beats_chance(algorithm):
     sampler = make_episode_sampler(_easy_images(), ways=5, shots=1, queries=3)
     learner = conv4_learner(jax.random.key(0), (12, 12, 1), ways=5, filters=8, strided=True)
-    meta_learner = jmeta.make_meta_learner(learner, jmeta.algorithm_config(algorithm, loss="ce", inner_lr=0.4,
-                                                                           num_inner_steps=2))
+    meta_learner = jmeta.make_meta_learner(
+        learner, jmeta.algorithm_config(algorithm, loss="ce", inner_lr=0.4, num_inner_steps=2)
+    )
     meta_step = jmeta.make_meta_step(meta_learner, sampler, 4, jmeta.default_optimizer(3e-3))
-    state = fit(meta_step, meta_step.init(meta_learner.init()), jax.random.key(1), 40, log_every=10,
-                checkpoint_every=10, progress=False, scan=False)
+    state = fit(
+        meta_step,
+        meta_step.init(meta_learner.init()),
+        jax.random.key(1),
+        40,
+        log_every=10,
+        checkpoint_every=10,
+        progress=False,
+        execution=Execution(scan=False),
+    )
     assert _accuracy(meta_learner, state.meta_params, sampler, 2) > 0.5
 
 
@@ -65,7 +89,13 @@ def test_task_chunks_give_the_same_protonet_gradient():
     embedding = conv4_learner(jax.random.key(0), (12, 12, 1), ways=0, filters=4, strided=True)
     tasks = jmeta.sample_tasks(sampler, jax.random.key(1), 5)
     whole = make_protonet(embedding, 3)
-    chunked = make_protonet(embedding, 3, task_chunk=2)  # 5 tasks: two chunks and a remainder
+    chunked = make_protonet(
+        embedding, 3, execution=Execution(task_chunk=2)
+    )  # 5 tasks: two chunks and a remainder
     # float32 sums in a different order: gradients of size ~1 agree to ~1e-6
-    chex.assert_trees_all_close(jax.jit(chunked.meta_grad)(chunked.init(), tasks),
-                                jax.jit(whole.meta_grad)(whole.init(), tasks), rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close(
+        jax.jit(chunked.meta_grad)(chunked.init(), tasks),
+        jax.jit(whole.meta_grad)(whole.init(), tasks),
+        rtol=1e-4,
+        atol=1e-5,
+    )

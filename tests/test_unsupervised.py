@@ -12,8 +12,18 @@ import sklearn.cluster
 import sklearn.decomposition
 from sklearn.datasets import load_digits, make_blobs
 
-from jmeta.unsupervised import (KMeans, MiniBatchKMeans, PCA, kmeans, kmeans_plusplus, kmeans_predict,
-                                minibatch_kmeans, pca, pca_inverse_transform, pca_transform)
+from jmeta.unsupervised import (
+    PCA,
+    KMeans,
+    MiniBatchKMeans,
+    kmeans,
+    kmeans_plusplus,
+    kmeans_predict,
+    minibatch_kmeans,
+    pca,
+    pca_inverse_transform,
+    pca_transform,
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +46,15 @@ def _initial_rows(x, k, seed=0):
 def test_lloyd_equals_scikit_learn_from_the_same_centres(x64, data, max_iter, request):
     x = request.getfixturevalue(data)
     init = _initial_rows(x, 10)
-    reference = sklearn.cluster.KMeans(10, init=init, n_init=1, max_iter=max_iter, algorithm="lloyd").fit(x)
+    reference = sklearn.cluster.KMeans(
+        10, init=init, n_init=1, max_iter=max_iter, algorithm="lloyd"
+    ).fit(x)
     result = kmeans(0, x, 10, init=init, max_iter=max_iter)
     np.testing.assert_array_equal(np.asarray(result.labels), reference.labels_)
     np.testing.assert_allclose(float(result.inertia), reference.inertia_, rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(result.centres), reference.cluster_centers_, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(
+        np.asarray(result.centres), reference.cluster_centers_, rtol=1e-7, atol=1e-9
+    )
     assert int(result.num_iters) == reference.n_iter_
 
 
@@ -56,7 +70,10 @@ def test_lloyd_in_float32_matches_scikit_learn_on_blobs(blobs):
 
 def test_kmeans_plusplus_is_as_good_as_scikit_learns_on_average(x64, digits):
     ours = [float(kmeans(seed, digits, 10).inertia) for seed in range(8)]
-    theirs = [sklearn.cluster.KMeans(10, n_init=1, random_state=seed).fit(digits).inertia_ for seed in range(8)]
+    theirs = [
+        sklearn.cluster.KMeans(10, n_init=1, random_state=seed).fit(digits).inertia_
+        for seed in range(8)
+    ]
     assert np.mean(ours) <= 1.01 * np.mean(theirs)
     # The seeding alone: greedy k-means++ beats uniformly random rows by a wide margin.
     seeded = kmeans_predict(digits, kmeans_plusplus(0, digits, 10)[0])[1]
@@ -66,8 +83,12 @@ def test_kmeans_plusplus_is_as_good_as_scikit_learns_on_average(x64, digits):
 
 def test_restarts_never_raise_inertia(digits):
     # Restart i draws from fold_in(key, i): n_init=m runs the first m restarts of n_init=m+1.
-    inertias = [float(kmeans(jax.random.key(5), digits, 10, n_init=m).inertia) for m in (1, 2, 4, 8)]
-    assert all(later <= earlier * (1 + 1e-6) for earlier, later in zip(inertias, inertias[1:])), inertias
+    inertias = [
+        float(kmeans(jax.random.key(5), digits, 10, n_init=m).inertia) for m in (1, 2, 4, 8)
+    ]
+    assert all(later <= earlier * (1 + 1e-6) for earlier, later in zip(inertias, inertias[1:])), (
+        inertias
+    )
     assert inertias[-1] < inertias[0]
 
 
@@ -90,7 +111,9 @@ def test_weights_are_repeated_rows(x64, blobs):
     counts = np.random.default_rng(0).integers(0, 4, len(blobs))
     weighted = kmeans(4, blobs, 6, sample_weight=counts.astype(float))
     repeated = kmeans(4, np.repeat(blobs, counts, axis=0), 6)
-    np.testing.assert_allclose(np.asarray(weighted.centres), np.asarray(repeated.centres), rtol=1e-9)
+    np.testing.assert_allclose(
+        np.asarray(weighted.centres), np.asarray(repeated.centres), rtol=1e-9
+    )
     np.testing.assert_allclose(float(weighted.inertia), float(repeated.inertia), rtol=1e-9)
 
 
@@ -115,14 +138,16 @@ def test_duplicates_and_as_many_clusters_as_points_stay_finite(init):
 
 
 def test_one_compilation_per_shape(blobs):
-    jitted = sys.modules["jmeta.unsupervised.kmeans"]._kmeans
+    from jmeta.benchmark import counting_compiles
+
     x = blobs.astype(np.float32)
     kmeans(0, x, 4)
-    before = jitted._cache_size()
-    kmeans(1, x * 2, 4, max_iter=7, tol=1e-3)          # new key, values, max_iter and tol: no new compile
-    assert jitted._cache_size() == before
-    kmeans(1, x[:-1], 4)
-    assert jitted._cache_size() == before + 1
+    with counting_compiles() as compiles:
+        kmeans(1, x * 2, 4, max_iter=7, tol=1e-3)  # new key, values, max_iter and tol
+    assert compiles["traces"] == 0 and compiles["compiles"] == 0
+    with counting_compiles() as compiles:
+        kmeans(1, x[:-1], 4)
+    assert compiles["compiles"] >= 1  # a new shape compiles the k-means program again
 
 
 def test_minibatch_kmeans_is_close_to_scikit_learns(blobs):
@@ -150,18 +175,29 @@ def test_exact_pca_equals_scikit_learn(x64, digits, solver):
     reference = sklearn.decomposition.PCA(20, svd_solver=solver).fit(digits)
     result = pca(digits, 20, solver=solver)
     np.testing.assert_allclose(np.asarray(result.components), reference.components_, atol=1e-10)
-    for ours, theirs in [(result.explained_variance, reference.explained_variance_),
-                         (result.explained_variance_ratio, reference.explained_variance_ratio_),
-                         (result.singular_values, reference.singular_values_),
-                         (result.mean, reference.mean_), (result.noise_variance, reference.noise_variance_)]:
+    for ours, theirs in [
+        (result.explained_variance, reference.explained_variance_),
+        (result.explained_variance_ratio, reference.explained_variance_ratio_),
+        (result.singular_values, reference.singular_values_),
+        (result.mean, reference.mean_),
+        (result.noise_variance, reference.noise_variance_),
+    ]:
         np.testing.assert_allclose(np.asarray(ours), theirs, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(np.asarray(pca_transform(result, digits)), reference.transform(digits), atol=1e-9)
+    np.testing.assert_allclose(
+        np.asarray(pca_transform(result, digits)), reference.transform(digits), atol=1e-9
+    )
     whitened = sklearn.decomposition.PCA(20, svd_solver=solver, whiten=True).fit(digits)
-    np.testing.assert_allclose(np.asarray(pca_transform(result, digits, whiten=True)), whitened.transform(digits),
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        np.asarray(pca_transform(result, digits, whiten=True)),
+        whitened.transform(digits),
+        atol=1e-9,
+    )
     z = whitened.transform(digits)
-    np.testing.assert_allclose(np.asarray(pca_inverse_transform(result, z, whiten=True)), whitened.inverse_transform(z),
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        np.asarray(pca_inverse_transform(result, z, whiten=True)),
+        whitened.inverse_transform(z),
+        atol=1e-9,
+    )
 
 
 def test_randomized_pca_agrees_with_scikit_learns_randomized_and_exact(x64):
@@ -171,8 +207,12 @@ def test_randomized_pca_agrees_with_scikit_learns_randomized_and_exact(x64):
     ours = pca(x, 10, solver="randomized", key=1)
     theirs = sklearn.decomposition.PCA(10, svd_solver="randomized", random_state=0).fit(x)
     exact = sklearn.decomposition.PCA(10, svd_solver="full").fit(x)
-    np.testing.assert_allclose(np.asarray(ours.explained_variance), theirs.explained_variance_, rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(ours.explained_variance), exact.explained_variance_, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(ours.explained_variance), theirs.explained_variance_, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        np.asarray(ours.explained_variance), exact.explained_variance_, rtol=1e-6
+    )
     np.testing.assert_allclose(np.asarray(ours.components), exact.components_, atol=1e-4)
     np.testing.assert_allclose(float(ours.noise_variance), theirs.noise_variance_, rtol=1e-6)
 
@@ -183,29 +223,62 @@ def test_pca_is_float32_by_default_and_float64_with_x64(digits):
         assert pca(digits, 3).components.dtype == jnp.float64
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda x: kmeans(0, x, 101), r"num_clusters=101 is larger than the number of samples, 100"),
-    (lambda x: kmeans(0, x, 0), r"num_clusters must be a positive integer, got 0"),
-    (lambda x: kmeans(0, np.where(np.arange(300).reshape(100, 3) == 7, np.nan, x), 3), r"x contains 1 non-finite"),
-    (lambda x: kmeans(0, x[:, 0], 3), r"x must be a 2-D array .* got shape \(100,\)"),
-    (lambda x: kmeans(0, x[:0], 3), r"at least one sample .* got shape \(0, 3\)"),
-    (lambda x: kmeans(0, x, 3, sample_weight=-np.ones(100)), r"sample_weight must be non-negative"),
-    (lambda x: kmeans(0, x, 3, sample_weight=np.ones(99)), r"sample_weight must have shape \(100,\)"),
-    (lambda x: kmeans(0, x, 3, init=np.zeros((3, 2))), r"init must have shape .* \(3, 3\), got \(3, 2\)"),
-    (lambda x: kmeans(0, x, 3, init="kmeans"), r"unknown init 'kmeans'"),
-    (lambda x: kmeans(0, x, 3, tol=-1), r"tol must be a non-negative"),
-    (lambda x: kmeans("seed", x, 3), r"key must be a JAX PRNG key"),
-    (lambda x: pca(x, 4), r"num_components=4 is larger than min\(n_samples, n_features\) = 3"),
-    (lambda x: pca(x, 2, solver="arpack"), r"unknown solver 'arpack'"),
-    (lambda x: pca(x[:1], 1), r"at least 2 samples"),
-    (lambda x: pca(np.full((100, 3), np.inf), 1), r"x contains 300 non-finite"),
-    (lambda x: minibatch_kmeans(0, x, 101), r"num_clusters=101 is larger"),
-    (lambda x: minibatch_kmeans(0, x, 3, reassignment_ratio="often"), r"reassignment_ratio must be a non-negative"),
-    (lambda x: minibatch_kmeans(0, x, 3, sample_weight=np.zeros(100)), r"sample_weight must have at least one"),
-    (lambda x: KMeans(n_clusters=200).fit(x), r"n_clusters=200 is larger than the number of samples, 100"),
-    (lambda x: PCA(n_components=5).fit(x), r"n_components=5 must be an integer between 1 and .*=3"),
-    (lambda x: KMeans(3, init=np.zeros((2, 3))).fit(x), r"init must have shape .*\(3, 3\), got \(2, 3\)"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda x: kmeans(0, x, 101),
+            r"num_clusters=101 is larger than the number of samples, 100",
+        ),
+        (lambda x: kmeans(0, x, 0), r"num_clusters must be a positive integer, got 0"),
+        (
+            lambda x: kmeans(0, np.where(np.arange(300).reshape(100, 3) == 7, np.nan, x), 3),
+            r"x contains 1 non-finite",
+        ),
+        (lambda x: kmeans(0, x[:, 0], 3), r"x must be a 2-D array .* got shape \(100,\)"),
+        (lambda x: kmeans(0, x[:0], 3), r"at least one sample .* got shape \(0, 3\)"),
+        (
+            lambda x: kmeans(0, x, 3, sample_weight=-np.ones(100)),
+            r"sample_weight must be non-negative",
+        ),
+        (
+            lambda x: kmeans(0, x, 3, sample_weight=np.ones(99)),
+            r"sample_weight must have shape \(100,\)",
+        ),
+        (
+            lambda x: kmeans(0, x, 3, init=np.zeros((3, 2))),
+            r"init must have shape .* \(3, 3\), got \(3, 2\)",
+        ),
+        (lambda x: kmeans(0, x, 3, init="kmeans"), r"unknown init 'kmeans'"),
+        (lambda x: kmeans(0, x, 3, tol=-1), r"tol must be a non-negative"),
+        (lambda x: kmeans("seed", x, 3), r"key must be a JAX PRNG key"),
+        (lambda x: pca(x, 4), r"num_components=4 is larger than min\(n_samples, n_features\) = 3"),
+        (lambda x: pca(x, 2, solver="arpack"), r"unknown solver 'arpack'"),
+        (lambda x: pca(x[:1], 1), r"at least 2 samples"),
+        (lambda x: pca(np.full((100, 3), np.inf), 1), r"x contains 300 non-finite"),
+        (lambda x: minibatch_kmeans(0, x, 101), r"num_clusters=101 is larger"),
+        (
+            lambda x: minibatch_kmeans(0, x, 3, reassignment_ratio="often"),
+            r"reassignment_ratio must be a non-negative",
+        ),
+        (
+            lambda x: minibatch_kmeans(0, x, 3, sample_weight=np.zeros(100)),
+            r"sample_weight must have at least one",
+        ),
+        (
+            lambda x: KMeans(n_clusters=200).fit(x),
+            r"n_clusters=200 is larger than the number of samples, 100",
+        ),
+        (
+            lambda x: PCA(n_components=5).fit(x),
+            r"n_components=5 must be an integer between 1 and .*=3",
+        ),
+        (
+            lambda x: KMeans(3, init=np.zeros((2, 3))).fit(x),
+            r"init must have shape .*\(3, 3\), got \(2, 3\)",
+        ),
+    ],
+)
 def test_bad_input_names_the_parameter_before_compiling(call, match):
     x = np.random.default_rng(0).standard_normal((100, 3))
     with pytest.raises(ValueError, match=match):
@@ -213,8 +286,11 @@ def test_bad_input_names_the_parameter_before_compiling(call, match):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("estimator", [KMeans(), KMeans(n_clusters=2, n_init=2, max_iter=5), MiniBatchKMeans(), PCA()],
-                         ids=["KMeans", "KMeans-restarts", "MiniBatchKMeans", "PCA"])
+@pytest.mark.parametrize(
+    "estimator",
+    [KMeans(), KMeans(n_clusters=2, n_init=2, max_iter=5), MiniBatchKMeans(), PCA()],
+    ids=["KMeans", "KMeans-restarts", "MiniBatchKMeans", "PCA"],
+)
 def test_scikit_learn_estimator_checks(estimator):
     from sklearn.utils.estimator_checks import check_estimator
 
@@ -243,18 +319,28 @@ def test_estimators_agree_with_scikit_learns_and_work_in_pipelines(digits):
     assert projection.n_components_ == reference.n_components_
     np.testing.assert_allclose(projection.score(digits), reference.score(digits), rtol=1e-8)
 
-    pipeline = make_pipeline(StandardScaler(), PCA(n_components=10), KMeans(n_clusters=10, random_state=0))
+    pipeline = make_pipeline(
+        StandardScaler(), PCA(n_components=10), KMeans(n_clusters=10, random_state=0)
+    )
     labels = pipeline.fit_predict(digits)
     assert labels.shape == (len(digits),) and len(np.unique(labels)) == 10
-    search = GridSearchCV(make_pipeline(PCA(), KMeans(random_state=0)), {"pca__n_components": [5, 20],
-                                                                         "kmeans__n_clusters": [5, 10]}, cv=2)
+    search = GridSearchCV(
+        make_pipeline(PCA(), KMeans(random_state=0)),
+        {"pca__n_components": [5, 20], "kmeans__n_clusters": [5, 10]},
+        cv=2,
+    )
     search.fit(digits)
     assert search.best_params_["kmeans__n_clusters"] == 10
 
 
 def test_importing_jmeta_does_not_import_the_unsupervised_package():
     code = "import sys, jmeta; print('jmeta.unsupervised' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "False"
+    )
 
 
 def test_kmeans_digits_experiment_puts_both_libraries_side_by_side(tmp_path):
@@ -266,13 +352,18 @@ def test_kmeans_digits_experiment_puts_both_libraries_side_by_side(tmp_path):
     for library in ("jmeta", "scikit-learn"):
         assert set(results["results"][library]) == {"k-means++", "random", "PCA-based"}
     # From the same (PCA) centres the two libraries must reach the same clustering.
-    ours, theirs = results["results"]["jmeta"]["PCA-based"], results["results"]["scikit-learn"]["PCA-based"]
+    ours, theirs = (
+        results["results"]["jmeta"]["PCA-based"],
+        results["results"]["scikit-learn"]["PCA-based"],
+    )
     assert results["checks"]["pca_init_inertia_relative_difference"] < 1e-5
     assert ours["ari"] == pytest.approx(theirs["ari"], abs=1e-9)
     assert 0.9 < results["checks"]["kmeanspp_inertia_ratio"] < 1.1
     assert (tmp_path / "run" / "clusters.png").stat().st_size > 10_000
     assert "| PCA-based | jmeta |" in (tmp_path / "run" / "table.md").read_text()
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["checks"] == results["checks"]
+    assert (
+        json.loads((tmp_path / "run" / "results.json").read_text())["checks"] == results["checks"]
+    )
 
 
 def test_unsupervised_benchmark_writes_json_and_a_table(tmp_path):
@@ -280,26 +371,47 @@ def test_unsupervised_benchmark_writes_json_and_a_table(tmp_path):
 
     from jmeta.cli import run_experiment
 
-    overrides = ["lloyd_shapes=1500x8x6", "lloyd_iters=5", "minibatch_shape=3000x8x16", "minibatch_steps=5",
-                 "batch_size=256", "pca_shape=800x20x5", "restarts=2", "rounds=1"]
-    results = run_experiment("bench-unsupervised", str(tmp_path / "bench"), overrides, progress=False)
+    overrides = [
+        "lloyd_shapes=1500x8x6",
+        "lloyd_iters=5",
+        "minibatch_shape=3000x8x16",
+        "minibatch_steps=5",
+        "batch_size=256",
+        "pca_shape=800x20x5",
+        "restarts=2",
+        "rounds=1",
+    ]
+    results = run_experiment(
+        "bench-unsupervised", str(tmp_path / "bench"), overrides, progress=False
+    )
     written = json.loads((tmp_path / "bench" / "bench_unsupervised.json").read_text())
     assert written["ratios"] == results["ratios"]
-    assert written["machine"]["platform"] == "cpu"
+    assert written["machine"]["backend"] == "cpu"
     lloyd = {r["library"]: r for r in written["rows"] if r["workload"] == "lloyd"}
     assert lloyd["jmeta"]["inertia"] == pytest.approx(lloyd["scikit-learn"]["inertia"], rel=1e-5)
-    assert {r["solver"] for r in written["rows"] if r["workload"] == "pca"} == {"covariance_eigh", "full", "randomized"}
+    assert {r["solver"] for r in written["rows"] if r["workload"] == "pca"} == {
+        "covariance_eigh",
+        "full",
+        "randomized",
+    }
     assert all(v > 0 for k, v in written["ratios"].items() if "s/" in k or " s " in k)
     assert lloyd["jmeta"]["restarts_seconds"] > 0 and lloyd["jmeta"]["single_fits_seconds"] > 0
     assert "k-means++" in (tmp_path / "bench" / "bench_unsupervised.md").read_text()
 
 
-@pytest.mark.parametrize("experiment, field, message", [
-    ("kmeans-digits", "n_init=0", "n_init must be a positive integer, got 0"),
-    ("bench-unsupervised", "lloyd_shapes=100x8", "lloyd_shapes must look like ROWSxFEATURESxK"),
-    ("bench-unsupervised", "pca_shape=10x8x20", "every size must be positive and K at most the rows"),
-    ("bench-unsupervised", "rounds=0", "rounds must be a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "experiment, field, message",
+    [
+        ("kmeans-digits", "n_init=0", "n_init must be a positive integer, got 0"),
+        ("bench-unsupervised", "lloyd_shapes=100x8", "lloyd_shapes must look like ROWSxFEATURESxK"),
+        (
+            "bench-unsupervised",
+            "pca_shape=10x8x20",
+            "every size must be positive and K at most the rows",
+        ),
+        ("bench-unsupervised", "rounds=0", "rounds must be a positive integer, got 0"),
+    ],
+)
 def test_unsupervised_experiments_refuse_a_bad_field(tmp_path, experiment, field, message):
     from jmeta.cli import run_experiment
 

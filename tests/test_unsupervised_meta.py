@@ -13,9 +13,16 @@ from sklearn.metrics import adjusted_rand_score
 from jmeta.data.omniglot import load_omniglot_arrays
 from jmeta.runs import RunDir
 from jmeta.tasks import Batch, Task, sample_tasks
-from jmeta.unsupervised import (UnsupervisedMetaLearner, cactus_partitions, cluster_members, confident_labels,
-                                expected_calibration_error, make_partitions, make_pseudo_task_sampler,
-                                self_train_partition)
+from jmeta.unsupervised import (
+    UnsupervisedMetaLearner,
+    cactus_partitions,
+    cluster_members,
+    confident_labels,
+    expected_calibration_error,
+    make_partitions,
+    make_pseudo_task_sampler,
+    self_train_partition,
+)
 from jmeta.unsupervised import meta_learner as meta_learner_module
 
 
@@ -38,8 +45,10 @@ def test_cluster_members_lists_each_cluster_once_padded():
     members, counts = cluster_members(labels, 4, 4)
     np.testing.assert_array_equal(counts, [2, 1, 3, 0])
     for cluster in range(4):
-        listed = np.asarray(members[cluster, :counts[cluster]])
-        np.testing.assert_array_equal(np.sort(listed), np.flatnonzero(np.asarray(labels) == cluster))
+        listed = np.asarray(members[cluster, : counts[cluster]])
+        np.testing.assert_array_equal(
+            np.sort(listed), np.flatnonzero(np.asarray(labels) == cluster)
+        )
 
 
 def test_tasks_use_one_partition_distinct_clusters_and_distinct_points():
@@ -52,8 +61,12 @@ def test_tasks_use_one_partition_distinct_clusters_and_distinct_points():
         points, support_y = _task_points(sample, jax.random.key(seed), ways, shots, queries)
         points = points[..., 0] if points.ndim == 3 else points
         assert len(np.unique(points)) == ways * (shots + queries)
-        homes = [p for p in range(2) if all(len(np.unique(labels[p, row])) == 1 for row in points)
-                 and len(np.unique(labels[p, points[:, 0]])) == ways]
+        homes = [
+            p
+            for p in range(2)
+            if all(len(np.unique(labels[p, row])) == 1 for row in points)
+            and len(np.unique(labels[p, points[:, 0]])) == ways
+        ]
         assert homes, f"task {seed} mixes partitions or repeats a cluster"
         seen_partitions.update(homes)
         assert sorted(support_y[:, 0]) == list(range(ways))
@@ -64,7 +77,9 @@ def test_clusters_smaller_than_shots_plus_queries_are_never_drawn():
     labels = np.repeat(np.arange(8), [20, 20, 3, 20, 4, 20, 20, 2])
     partitions = make_partitions(labels[None, :], 8, 6)
     sample = make_pseudo_task_sampler(jnp.arange(len(labels))[:, None], partitions, 5, 1, 5)
-    drawn = np.concatenate([np.asarray(sample(jax.random.key(seed)).query.x).ravel() for seed in range(50)])
+    drawn = np.concatenate(
+        [np.asarray(sample(jax.random.key(seed)).query.x).ravel() for seed in range(50)]
+    )
     assert set(np.unique(labels[drawn])) == {0, 1, 3, 5, 6}
 
 
@@ -75,8 +90,10 @@ def test_sampler_is_jittable_vmappable_and_deterministic_per_key():
     batch = jax.jit(lambda k: sample_tasks(sample, k, 5))(key)
     chex.assert_shape(batch.support.x, (5, 3, 1))
     keys = jax.random.split(key, 5)
-    chex.assert_trees_all_equal(jax.vmap(sample)(keys), jax.tree_util.tree_map(
-        lambda *leaves: jnp.stack(leaves), *[sample(k) for k in keys]))
+    chex.assert_trees_all_equal(
+        jax.vmap(sample)(keys),
+        jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *[sample(k) for k in keys]),
+    )
     assert not np.array_equal(sample(key).query.x, sample(jax.random.key(8)).query.x)
 
 
@@ -86,7 +103,7 @@ def test_rescaling_is_drawn_per_partition_and_per_dimension():
     factors = np.asarray(factors)
     np.testing.assert_array_equal(factors[0], np.ones(6))
     assert np.all((factors[1:] >= 0) & (factors[1:] <= 1))
-    assert len({tuple(row) for row in factors[1:]}) == 3          # a new draw per partition
+    assert len({tuple(row) for row in factors[1:]}) == 3  # a new draw per partition
     assert all(len(np.unique(row)) == 6 for row in factors[1:])  # and per dimension
     assert np.asarray(partitions.usable).sum(axis=1).min() >= 5
 
@@ -100,7 +117,9 @@ def test_partitions_are_redrawn_or_refused_when_too_few_clusters_are_usable():
 def test_learned_temperature_lowers_the_calibration_error_on_overlapping_blobs():
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 2, 2000)
-    x = (rng.normal(size=(2000, 2)) * 3 + np.stack([truth * 4.0, np.zeros(2000)], 1)).astype(np.float32)
+    x = (rng.normal(size=(2000, 2)) * 3 + np.stack([truth * 4.0, np.zeros(2000)], 1)).astype(
+        np.float32
+    )
     result = self_train_partition(jax.random.key(0), x, 2, 2, 5, 5, 0.0)
     temperature = float(np.exp(result.log_temperature))
     assert np.isfinite(temperature) and temperature > 0
@@ -108,7 +127,9 @@ def test_learned_temperature_lowers_the_calibration_error_on_overlapping_blobs()
     truth = truth if np.mean(kmeans_labels == truth) >= 0.5 else 1 - truth
     correct = np.asarray(result.labels) == truth
     _, unit_confidence = confident_labels(jnp.asarray(x), result.centres, jnp.zeros(()), 0.0)
-    assert expected_calibration_error(result.confidence, correct) < expected_calibration_error(unit_confidence, correct)
+    assert expected_calibration_error(result.confidence, correct) < expected_calibration_error(
+        unit_confidence, correct
+    )
 
 
 def test_confidence_threshold_rejects_the_uncertain_points_only():
@@ -124,12 +145,19 @@ def _feature_tasks(x, truth, ways, shots, queries, num_tasks, seed=0):
     rng = np.random.default_rng(seed)
     supports, queries_ = [], []
     for _ in range(num_tasks):
-        picks = [rng.choice(np.flatnonzero(truth == c), shots + queries, replace=False) for c in range(ways)]
+        picks = [
+            rng.choice(np.flatnonzero(truth == c), shots + queries, replace=False)
+            for c in range(ways)
+        ]
         supports.append(np.concatenate([p[:shots] for p in picks]))
         queries_.append(np.concatenate([p[shots:] for p in picks]))
-    labels = lambda per_class: np.tile(np.repeat(np.arange(ways, dtype=np.int32), per_class), (num_tasks, 1))
-    return Task(Batch(jnp.asarray(x[np.stack(supports)]), jnp.asarray(labels(shots))),
-                Batch(jnp.asarray(x[np.stack(queries_)]), jnp.asarray(labels(queries))))
+    labels = lambda per_class: np.tile(
+        np.repeat(np.arange(ways, dtype=np.int32), per_class), (num_tasks, 1)
+    )
+    return Task(
+        Batch(jnp.asarray(x[np.stack(supports)]), jnp.asarray(labels(shots))),
+        Batch(jnp.asarray(x[np.stack(queries_)]), jnp.asarray(labels(queries))),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,8 +166,20 @@ class _Record:
 
 
 def _features_model(**overrides):
-    settings = dict(n_components=2, n_clusters=2, n_partitions=2, ways=2, shots=2, queries=3, rounds=4,
-                    steps_per_round=20, meta_batch=2, log_every=10, threshold=0.5, progress=False)
+    settings = dict(
+        n_components=2,
+        n_clusters=2,
+        n_partitions=2,
+        ways=2,
+        shots=2,
+        queries=3,
+        rounds=4,
+        steps_per_round=20,
+        meta_batch=2,
+        log_every=10,
+        threshold=0.5,
+        progress=False,
+    )
     return UnsupervisedMetaLearner(**{**settings, **overrides})
 
 
@@ -156,7 +196,9 @@ def test_eval_labels_never_reach_training():
     x, truth = make_blobs(200, centers=3, n_features=4, random_state=1)
     x = x.astype(np.float32)
     first = _features_model(n_clusters=3, rounds=2).fit(x, eval_labels=truth)
-    second = _features_model(n_clusters=3, rounds=2).fit(x, eval_labels=np.random.default_rng(0).permutation(truth))
+    second = _features_model(n_clusters=3, rounds=2).fit(
+        x, eval_labels=np.random.default_rng(0).permutation(truth)
+    )
     chex.assert_trees_all_equal(first.meta_params_, second.meta_params_)
     np.testing.assert_array_equal(first.pseudo_labels_, second.pseudo_labels_)
     assert first.history_[0]["ari"] != second.history_[0]["ari"]
@@ -188,22 +230,32 @@ def test_score_tasks_agrees_with_adapt_and_predict():
 
 def test_tsne_projection_is_an_option():
     x, truth = make_blobs(150, centers=3, n_features=5, random_state=4)
-    model = _features_model(projection="tsne", n_clusters=3, rounds=1).fit(x.astype(np.float32), eval_labels=truth)
+    model = _features_model(projection="tsne", n_clusters=3, rounds=1).fit(
+        x.astype(np.float32), eval_labels=truth
+    )
     assert model.projection_ is None and model.history_[0]["ari"] > 0.9
 
 
-@pytest.mark.parametrize("overrides, data, message", [
-    ({}, np.zeros((8, 3)), r"X has 8 points but one task needs ways \* \(shots \+ queries\) = 2 \* \(2 \+ 3\) = 10"),
-    ({"n_clusters": 1}, np.zeros((40, 3)), "n_clusters = 1 is below ways = 2"),
-    ({}, np.full((40, 3), np.nan), "X contains NaN or inf"),
-    ({"threshold": 1.0}, np.zeros((40, 3)), r"threshold must be in \[0, 1\)"),
-    ({"algorithm": "mamal"}, np.zeros((40, 3)), "algorithm"),
-    ({"projection": "tsne", "n_components": 5}, np.zeros((40, 6)), "at most 3 dimensions"),
-    ({"ways": 1}, np.zeros((40, 3)), "ways must be at least 2"),
-])
+@pytest.mark.parametrize(
+    "overrides, data, message",
+    [
+        (
+            {},
+            np.zeros((8, 3)),
+            r"X has 8 points but one task needs ways \* \(shots \+ queries\) = 2 \* \(2 \+ 3\) = 10",
+        ),
+        ({"n_clusters": 1}, np.zeros((40, 3)), "n_clusters = 1 is below ways = 2"),
+        ({}, np.full((40, 3), np.nan), "X contains NaN or inf"),
+        ({"threshold": 1.0}, np.zeros((40, 3)), r"threshold must be in \[0, 1\)"),
+        ({"algorithm": "mamal"}, np.zeros((40, 3)), "algorithm"),
+        ({"projection": "tsne", "n_components": 5}, np.zeros((40, 6)), "at most 3 dimensions"),
+        ({"ways": 1}, np.zeros((40, 3)), "ways must be at least 2"),
+    ],
+)
 def test_bad_input_is_refused_before_any_work(monkeypatch, overrides, data, message):
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the input was checked")
+
     monkeypatch.setattr(meta_learner_module, "pca", no_work)
     monkeypatch.setattr(meta_learner_module, "cactus_partitions", no_work)
     with pytest.raises(ValueError, match=message):
@@ -214,10 +266,16 @@ def test_adapt_before_fit_and_eval_labels_of_the_wrong_length_are_refused():
     with pytest.raises(RuntimeError, match="not fitted"):
         _features_model().adapt(np.zeros((2, 3)), np.array([0, 1]))
     with pytest.raises(ValueError, match=r"eval_labels must have shape \(40,\)"):
-        _features_model().fit(np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32), eval_labels=[0, 1])
+        _features_model().fit(
+            np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32), eval_labels=[0, 1]
+        )
     x, truth = make_blobs(40, centers=2, n_features=3, random_state=0)
-    with pytest.raises(ValueError, match=r"eval_tasks hold examples of shape \(2,\) but X's are \(3,\)"):
-        _features_model().fit(x.astype(np.float32), eval_tasks=_feature_tasks(x[:, :2], truth, 2, 1, 1, 2))
+    with pytest.raises(
+        ValueError, match=r"eval_tasks hold examples of shape \(2,\) but X's are \(3,\)"
+    ):
+        _features_model().fit(
+            x.astype(np.float32), eval_tasks=_feature_tasks(x[:, :2], truth, 2, 1, 1, 2)
+        )
 
 
 def test_omniglot_arrays_give_the_pixels_of_the_png_reader(tmp_path):
@@ -231,8 +289,10 @@ def test_omniglot_arrays_give_the_pixels_of_the_png_reader(tmp_path):
     np.savez(tmp_path / "one.npz", images=drawing, labels=np.zeros((1, 1), np.int64))
     png = io.BytesIO()
     Image.fromarray(drawing[0, 0]).save(png, format="PNG")
-    np.testing.assert_array_equal(load_omniglot_arrays(tmp_path / "one.npz", 28).images[0, 0],
-                                  decode_image(png.getvalue(), 28))
+    np.testing.assert_array_equal(
+        load_omniglot_arrays(tmp_path / "one.npz", 28).images[0, 0],
+        decode_image(png.getvalue(), 28),
+    )
 
 
 def test_omniglot_arrays_are_resized_inverted_and_row_selected(tmp_path):
@@ -254,10 +314,26 @@ def test_tiny_unsupervised_fewshot_run_on_digits_beats_nearest_neighbour_on_pixe
     from jmeta.cli import load_experiment
 
     experiment = load_experiment("unsupervised-fewshot")
-    config = experiment.Config(dataset="digits", ways=10, queries=3, rounds=2, steps_per_round=150, max_shift=0,
-                               filters=32, n_clusters=30, eval_tasks=200, round_tasks=50, scratch_tasks=20,
-                               scratch_steps=5, supervised=False, plot_episodes=1, settings=("10x1",))
-    results = experiment.main(config, RunDir(tmp_path, "unsupervised-fewshot", config), progress=False)
+    config = experiment.Config(
+        dataset="digits",
+        ways=10,
+        queries=3,
+        rounds=2,
+        steps_per_round=150,
+        max_shift=0,
+        filters=32,
+        n_clusters=30,
+        eval_tasks=200,
+        round_tasks=50,
+        scratch_tasks=20,
+        scratch_steps=5,
+        supervised=False,
+        plot_episodes=1,
+        settings=("10x1",),
+    )
+    results = experiment.main(
+        config, RunDir(tmp_path, "unsupervised-fewshot", config), progress=False
+    )
     accuracy = results["accuracy"]
     ours = accuracy["jmeta (unsupervised)"]["10-way 1-shot"]
     assert ours["tasks"] == 200
@@ -273,9 +349,10 @@ def test_a_fit_resumed_from_its_run_directory_ends_where_an_uninterrupted_one_do
     config = {"note": "resume"}
     uninterrupted = _features_model(n_clusters=3, rounds=2).fit(x)
     first = RunDir(tmp_path / "run", "unsupervised", _Record(**config))
-    _features_model(n_clusters=3, rounds=1).fit(x, run=first)   # stops after round 0's checkpoint
-    resumed = _features_model(n_clusters=3, rounds=2).fit(x, run=RunDir(tmp_path / "run", "unsupervised",
-                                                                         _Record(**config), resume=True))
+    _features_model(n_clusters=3, rounds=1).fit(x, run=first)  # stops after round 0's checkpoint
+    resumed = _features_model(n_clusters=3, rounds=2).fit(
+        x, run=RunDir(tmp_path / "run", "unsupervised", _Record(**config), resume=True)
+    )
     chex.assert_trees_all_equal(uninterrupted.meta_params_, resumed.meta_params_)
     np.testing.assert_array_equal(uninterrupted.pseudo_labels_, resumed.pseudo_labels_)
 
@@ -288,10 +365,16 @@ def test_mnist_split_reads_idx_files_and_halves_them(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)
     labels = np.tile(np.arange(10, dtype=np.uint8), 4)
-    (tmp_path / "train-images-idx3-ubyte").write_bytes(struct.pack(">BBBBIII", 0, 0, 8, 3, 40, 28, 28) + images.tobytes())
-    (tmp_path / "train-labels-idx1-ubyte").write_bytes(struct.pack(">BBBBI", 0, 0, 8, 1, 40) + labels.tobytes())
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(
+        struct.pack(">BBBBIII", 0, 0, 8, 3, 40, 28, 28) + images.tobytes()
+    )
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(
+        struct.pack(">BBBBI", 0, 0, 8, 1, 40) + labels.tobytes()
+    )
     experiment = load_experiment("unsupervised-fewshot")
-    fit_x, fit_y, test, _ = experiment.load_split(experiment.Config(dataset="mnist", mnist=str(tmp_path)))
+    fit_x, fit_y, test, _ = experiment.load_split(
+        experiment.Config(dataset="mnist", mnist=str(tmp_path))
+    )
     np.testing.assert_allclose(fit_x[..., 0], images[:20] / 255.0, rtol=1e-6)
     np.testing.assert_array_equal(fit_y, labels[:20])
     chex.assert_shape(test.images, (10, 2, 28, 28, 1))
@@ -304,8 +387,11 @@ def test_omniglot_split_holds_out_rows_or_fits_everything_when_eval_is_given(tmp
 
     rng = np.random.default_rng(1)
     for name, rows in (("background.npz", 6), ("evaluation.npz", 3)):
-        np.savez(tmp_path / name, images=rng.random((rows, 2, 105, 105)) > 0.5,
-                 labels=np.repeat(np.arange(rows), 2).reshape(rows, 2))
+        np.savez(
+            tmp_path / name,
+            images=rng.random((rows, 2, 105, 105)) > 0.5,
+            labels=np.repeat(np.arange(rows), 2).reshape(rows, 2),
+        )
     experiment = load_experiment("unsupervised-fewshot")
     held_out = experiment.Config(omniglot=str(tmp_path / "background.npz"), holdout_from=4)
     fit_x, fit_y, test, _ = experiment.load_split(held_out)

@@ -1,12 +1,5 @@
 """Data sets as class-indexed arrays ``(classes, examples, H, W, C)`` for the episode sampler."""
 
-from jmeta.data.archives import download
-from jmeta.data.archives import extract_zip
-from jmeta.data.omniglot import ClassImages
-from jmeta.data.omniglot import load_omniglot
-from jmeta.data.omniglot import load_oneshot_runs
-from jmeta.data.omniglot import write_oneshot_runs
-from jmeta.data.classes import class_indexed
-from jmeta.data.classes import load_digits_classes
-from jmeta.data.classes import load_mnist
-from jmeta.data.classes import read_idx
+from jmeta.data.archives import download, extract_zip
+from jmeta.data.classes import class_indexed, load_digits_classes, load_mnist, read_idx
+from jmeta.data.omniglot import ClassImages, load_omniglot, load_oneshot_runs, write_oneshot_runs

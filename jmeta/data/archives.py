@@ -21,8 +21,15 @@ from jmeta.checkpoint import temp_file_beside
 def check_member_name(name: str, archive: str) -> None:
     """Raises ``ValueError`` for a member name that would escape the extraction folder."""
     normalised = posixpath.normpath(name.replace("\\", "/"))
-    if name.startswith(("/", "\\")) or normalised == ".." or normalised.startswith("../") or ":" in name.split("/")[0]:
-        raise ValueError(f"refusing archive member {name!r} of {archive}: it would escape the target folder")
+    if (
+        name.startswith(("/", "\\"))
+        or normalised == ".."
+        or normalised.startswith("../")
+        or ":" in name.split("/")[0]
+    ):
+        raise ValueError(
+            f"refusing archive member {name!r} of {archive}: it would escape the target folder"
+        )
 
 
 @contextlib.contextmanager
@@ -35,7 +42,9 @@ def open_zip(path: str | os.PathLike) -> Iterator[zipfile.ZipFile]:
                 check_member_name(name, path)
             yield archive
     except zipfile.BadZipFile as error:
-        raise ValueError(f"{path} is not a readable zip archive (corrupt or truncated?): {error}") from None
+        raise ValueError(
+            f"{path} is not a readable zip archive (corrupt or truncated?): {error}"
+        ) from None
 
 
 def read_member(archive: zipfile.ZipFile, name: str) -> bytes:
@@ -43,7 +52,9 @@ def read_member(archive: zipfile.ZipFile, name: str) -> bytes:
     try:
         return archive.read(name)
     except (zipfile.BadZipFile, EOFError, OSError) as error:
-        raise ValueError(f"cannot read {name!r} from {archive.filename} (corrupt or truncated?): {error}") from None
+        raise ValueError(
+            f"cannot read {name!r} from {archive.filename} (corrupt or truncated?): {error}"
+        ) from None
 
 
 def extract_zip(path: str | os.PathLike, target: str | os.PathLike) -> str:
@@ -53,7 +64,9 @@ def extract_zip(path: str | os.PathLike, target: str | os.PathLike) -> str:
         for member in archive.infolist():
             destination = os.path.realpath(os.path.join(target, member.filename))
             if destination != target and not destination.startswith(target + os.sep):
-                raise ValueError(f"refusing archive member {member.filename!r}: it would escape {target}")
+                raise ValueError(
+                    f"refusing archive member {member.filename!r}: it would escape {target}"
+                )
             if member.is_dir():
                 os.makedirs(destination, exist_ok=True)
                 continue
@@ -78,7 +91,9 @@ def download(url: str, destination: str | os.PathLike, md5: str) -> str:
         urllib.request.urlretrieve(url, partial)
         digest = _md5(partial)
         if digest != md5:
-            raise ValueError(f"download of {url} has MD5 {digest}, expected {md5}: refusing a corrupt or different file")
+            raise ValueError(
+                f"download of {url} has MD5 {digest}, expected {md5}: refusing a corrupt or different file"
+            )
         os.replace(partial, destination)
     finally:
         if os.path.exists(partial):

@@ -22,8 +22,10 @@ from jmeta.data.archives import download, open_zip, read_member
 from jmeta.validation import check_positive_int
 
 OFFICIAL_URL = "https://github.com/brendenlake/omniglot/raw/master/python/{name}.zip"
-OFFICIAL_MD5 = {"images_background": "68d2efa1b9178cc56df9314c21c6e718",
-                "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811"}
+OFFICIAL_MD5 = {
+    "images_background": "68d2efa1b9178cc56df9314c21c6e718",
+    "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
+}
 
 
 class ClassImages(NamedTuple):
@@ -42,9 +44,14 @@ class ClassImages(NamedTuple):
 def download_omniglot(directory: str | os.PathLike, name: str = "images_background") -> str:
     """Downloads an official Omniglot zip into ``directory`` (MD5-checked); returns its path."""
     if name not in OFFICIAL_MD5:
-        raise ValueError(f"unknown Omniglot archive {name!r}; expected one of {', '.join(OFFICIAL_MD5)}")
-    return download(OFFICIAL_URL.format(name=name), os.path.join(os.fspath(directory), f"{name}.zip"),
-                    OFFICIAL_MD5[name])
+        raise ValueError(
+            f"unknown Omniglot archive {name!r}; expected one of {', '.join(OFFICIAL_MD5)}"
+        )
+    return download(
+        OFFICIAL_URL.format(name=name),
+        os.path.join(os.fspath(directory), f"{name}.zip"),
+        OFFICIAL_MD5[name],
+    )
 
 
 def decode_image(data: bytes, image_size: int) -> np.ndarray:
@@ -95,30 +102,50 @@ def load_omniglot(path: str | os.PathLike, image_size: int = 28, cache: bool = T
     path = os.fspath(path)
     image_size = check_positive_int("image_size", image_size)
     cache_path = f"{path.rstrip(os.sep)}.{image_size}px.npz"
-    if cache and os.path.exists(cache_path) and os.path.getmtime(cache_path) >= os.path.getmtime(path):
+    if (
+        cache
+        and os.path.exists(cache_path)
+        and os.path.getmtime(cache_path) >= os.path.getmtime(path)
+    ):
         with np.load(cache_path, allow_pickle=False) as stored:
-            return ClassImages(stored["images"], tuple(stored["class_names"].tolist()), stored["groups"],
-                               tuple(stored["group_names"].tolist()))
+            return ClassImages(
+                stored["images"],
+                tuple(stored["class_names"].tolist()),
+                stored["groups"],
+                tuple(stored["group_names"].tolist()),
+            )
     by_character: dict[tuple[str, str], list[str]] = {}
     for name in _png_names(path):
         parts = name.split("/")
         if len(parts) < 3:
-            raise ValueError(f"{path}: {name!r} is not in the alphabet/character/drawing.png layout")
+            raise ValueError(
+                f"{path}: {name!r} is not in the alphabet/character/drawing.png layout"
+            )
         by_character.setdefault((parts[-3], parts[-2]), []).append(name)
     if not by_character:
         raise ValueError(f"{path} holds no PNG drawings")
     counts = {len(names) for names in by_character.values()}
     if len(counts) != 1:
         fewest = min(by_character, key=lambda c: len(by_character[c]))
-        raise ValueError(f"{path}: characters have different numbers of drawings {sorted(counts)}; "
-                         f"{'/'.join(fewest)} has {len(by_character[fewest])}")
+        raise ValueError(
+            f"{path}: characters have different numbers of drawings {sorted(counts)}; "
+            f"{'/'.join(fewest)} has {len(by_character[fewest])}"
+        )
     characters = sorted(by_character)
     contents = _read_all(path, [n for c in characters for n in sorted(by_character[c])])
-    images = np.stack([np.stack([decode_image(contents[n], image_size) for n in sorted(by_character[c])])
-                       for c in characters])
+    images = np.stack(
+        [
+            np.stack([decode_image(contents[n], image_size) for n in sorted(by_character[c])])
+            for c in characters
+        ]
+    )
     group_names = tuple(sorted({alphabet for alphabet, _ in characters}))
-    result = ClassImages(images, tuple(f"{a}/{c}" for a, c in characters),
-                         np.array([group_names.index(a) for a, _ in characters], np.int32), group_names)
+    result = ClassImages(
+        images,
+        tuple(f"{a}/{c}" for a, c in characters),
+        np.array([group_names.index(a) for a, _ in characters], np.int32),
+        group_names,
+    )
     if cache:
         _write_cache(cache_path, result)
     return result
@@ -126,12 +153,19 @@ def load_omniglot(path: str | os.PathLike, image_size: int = 28, cache: bool = T
 
 def _write_cache(cache_path: str, data: ClassImages) -> None:
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, images=data.images, class_names=np.array(data.class_names),
-                        groups=data.groups, group_names=np.array(data.group_names))
+    np.savez_compressed(
+        buffer,
+        images=data.images,
+        class_names=np.array(data.class_names),
+        groups=data.groups,
+        group_names=np.array(data.group_names),
+    )
     try:
         atomic_write_bytes(cache_path, buffer.getvalue())
     except OSError as error:
-        warnings.warn(f"could not write the Omniglot cache {cache_path} ({error}); reading from the archive each time")
+        warnings.warn(
+            f"could not write the Omniglot cache {cache_path} ({error}); reading from the archive each time"
+        )
 
 
 def concatenate(sets: Sequence[ClassImages]) -> ClassImages:
@@ -148,7 +182,9 @@ def concatenate(sets: Sequence[ClassImages]) -> ClassImages:
             images.append(data.images[index])
             names.append(name)
             groups.append(group_names.index(alphabet))
-    return ClassImages(np.stack(images), tuple(names), np.array(groups, np.int32), tuple(group_names))
+    return ClassImages(
+        np.stack(images), tuple(names), np.array(groups, np.int32), tuple(group_names)
+    )
 
 
 class OneShotRun(NamedTuple):
@@ -182,28 +218,49 @@ def load_oneshot_runs(path: str | os.PathLike, image_size: int = 28) -> list[One
         root = prefix[: -len(run_name) - 1] if prefix.endswith(run_name + "/") else ""
         training = sorted(n for n in files if n.startswith(prefix + "training/"))
         test = sorted(n for n in files if n.startswith(prefix + "test/"))
-        pairs = [line.split() for line in contents[label_file].decode().splitlines() if line.strip()]
+        pairs = [
+            line.split() for line in contents[label_file].decode().splitlines() if line.strip()
+        ]
         if any(len(pair) != 2 for pair in pairs) or len(pairs) != len(test):
-            raise ValueError(f"{label_file}: expected {len(test)} lines 'runNN/test/item.png runNN/training/class.png'")
-        answer_of = {root + item: training.index(root + cls) for item, cls in pairs if root + cls in training}
+            raise ValueError(
+                f"{label_file}: expected {len(test)} lines 'runNN/test/item.png runNN/training/class.png'"
+            )
+        answer_of = {
+            root + item: training.index(root + cls) for item, cls in pairs if root + cls in training
+        }
         if len(answer_of) != len(test):
             raise ValueError(f"{label_file} names images that are not in {path}")
-        runs.append(OneShotRun(run_name,
-                               np.stack([decode_image(contents[n], image_size) for n in training]),
-                               np.stack([decode_image(contents[n], image_size) for n in test]),
-                               np.array([answer_of[n] for n in test], np.int32)))
+        runs.append(
+            OneShotRun(
+                run_name,
+                np.stack([decode_image(contents[n], image_size) for n in training]),
+                np.stack([decode_image(contents[n], image_size) for n in test]),
+                np.array([answer_of[n] for n in test], np.int32),
+            )
+        )
     return runs
 
 
 def _list_names(path: str) -> list[str]:
     if os.path.isdir(path):
-        return [os.path.relpath(os.path.join(r, n), path).replace(os.sep, "/") for r, _, ns in os.walk(path) for n in ns]
+        return [
+            os.path.relpath(os.path.join(r, n), path).replace(os.sep, "/")
+            for r, _, ns in os.walk(path)
+            for n in ns
+        ]
     with open_zip(path) as archive:
         return archive.namelist()
 
 
-def write_oneshot_runs(background: str | os.PathLike, destination: str | os.PathLike, *, alphabets=None,
-                       num_runs: int = 20, ways: int = 20, seed: int = 0) -> str:
+def write_oneshot_runs(
+    background: str | os.PathLike,
+    destination: str | os.PathLike,
+    *,
+    alphabets=None,
+    num_runs: int = 20,
+    ways: int = 20,
+    seed: int = 0,
+) -> str:
     """Writes one-shot runs in the challenge's format from an Omniglot zip or folder.
 
     Each run takes ``ways`` characters of one alphabet (the eligible alphabets in turn),
@@ -223,12 +280,19 @@ def write_oneshot_runs(background: str | os.PathLike, destination: str | os.Path
     for name in _png_names(background):
         alphabet, character = name.split("/")[-3:-1]
         characters.setdefault(alphabet, {}).setdefault(character, []).append(name)
-    eligible = sorted(a for a, chars in characters.items()
-                      if len(chars) >= ways and (alphabets is None or a in alphabets))
+    eligible = sorted(
+        a
+        for a, chars in characters.items()
+        if len(chars) >= ways and (alphabets is None or a in alphabets)
+    )
     if not eligible:
-        raise ValueError(f"no alphabet of {background} has {ways} characters"
-                         f"{'' if alphabets is None else f' among {sorted(alphabets)}'}")
-    drawings = _read_all(background, [n for a in eligible for c in characters[a].values() for n in c])
+        raise ValueError(
+            f"no alphabet of {background} has {ways} characters"
+            f"{'' if alphabets is None else f' among {sorted(alphabets)}'}"
+        )
+    drawings = _read_all(
+        background, [n for a in eligible for c in characters[a].values() for n in c]
+    )
     with zipfile.ZipFile(destination, "w") as out:
         for run in range(1, check_positive_int("num_runs", num_runs) + 1):
             alphabet = eligible[(run - 1) % len(eligible)]
@@ -243,11 +307,15 @@ def write_oneshot_runs(background: str | os.PathLike, destination: str | os.Path
                 out.writestr(class_name, drawings[names[first]])
                 out.writestr(item_name, drawings[names[second]])
                 lines.append((item_name, class_name))
-            out.writestr(f"run{run:02d}/class_labels.txt", "".join(f"{i} {c}\n" for i, c in sorted(lines)))
+            out.writestr(
+                f"run{run:02d}/class_labels.txt", "".join(f"{i} {c}\n" for i, c in sorted(lines))
+            )
     return os.fspath(destination)
 
 
-def load_omniglot_arrays(path: str | os.PathLike, image_size: int = 28, rows: Sequence[int] | None = None) -> ClassImages:
+def load_omniglot_arrays(
+    path: str | os.PathLike, image_size: int = 28, rows: Sequence[int] | None = None
+) -> ClassImages:
     """Omniglot as one ``.npz`` of ``images`` ``(characters, drawers, 105, 105)`` bool (``True`` =
     background, as in the PNGs) and ``labels``: the layout of ``images_background.npz``.
 
@@ -261,12 +329,24 @@ def load_omniglot_arrays(path: str | os.PathLike, image_size: int = 28, rows: Se
         raise FileNotFoundError(f"no Omniglot arrays at {path}")
     with np.load(path, allow_pickle=False) as stored:
         if "images" not in stored or stored["images"].ndim != 4:
-            raise ValueError(f"{path} must hold 'images' (characters, drawers, height, width); it holds "
-                             f"{sorted(stored.keys())}")
+            raise ValueError(
+                f"{path} must hold 'images' (characters, drawers, height, width); it holds "
+                f"{sorted(stored.keys())}"
+            )
         images = stored["images"]
     index = np.arange(len(images)) if rows is None else np.asarray(rows, np.int64)
     if index.size == 0 or index.min() < 0 or index.max() >= len(images):
-        raise ValueError(f"rows must be indices in [0, {len(images)}), got {index.min()}..{index.max()}")
-    resized = np.stack([np.stack([_resize_grey(drawing.astype(np.uint8) * 255, image_size) for drawing in drawings])
-                        for drawings in images[index]])
-    return ClassImages(resized, tuple(f"row {r}" for r in index), np.zeros(len(index), np.int32), ("all",))
+        raise ValueError(
+            f"rows must be indices in [0, {len(images)}), got {index.min()}..{index.max()}"
+        )
+    resized = np.stack(
+        [
+            np.stack(
+                [_resize_grey(drawing.astype(np.uint8) * 255, image_size) for drawing in drawings]
+            )
+            for drawings in images[index]
+        ]
+    )
+    return ClassImages(
+        resized, tuple(f"row {r}" for r in index), np.zeros(len(index), np.int32), ("all",)
+    )

@@ -57,13 +57,20 @@ def validate_tasks(tasks: Task, *, batched: bool = True) -> None:
     arrays.
     """
     if not isinstance(tasks, Task):
-        raise TypeError(f"tasks must be a jmeta Task(support=Batch, query=Batch), got {type(tasks).__name__}")
+        raise TypeError(
+            f"tasks must be a jmeta Task(support=Batch, query=Batch), got {type(tasks).__name__}"
+        )
     lead = 1 if batched else 0
-    shapes = {f"{split}.{field}": np.shape(getattr(getattr(tasks, split), field))
-              for split in ("support", "query") for field in ("x", "y")}
+    shapes = {
+        f"{split}.{field}": np.shape(getattr(getattr(tasks, split), field))
+        for split in ("support", "query")
+        for field in ("x", "y")
+    }
     for name, shape in shapes.items():
         if len(shape) < lead + 1:
-            raise ValueError(f"tasks.{name} must have {'a task axis and ' if batched else ''}an example axis, got shape {shape}")
+            raise ValueError(
+                f"tasks.{name} must have {'a task axis and ' if batched else ''}an example axis, got shape {shape}"
+            )
         if shape[lead] == 0:
             raise ValueError(f"tasks.{name} has no examples (shape {shape})")
     if batched:
@@ -73,13 +80,16 @@ def validate_tasks(tasks: Task, *, batched: bool = True) -> None:
     for split in ("support", "query"):
         x_shape, y_shape = shapes[f"{split}.x"], shapes[f"{split}.y"]
         if x_shape[lead] != y_shape[lead]:
-            raise ValueError(f"tasks.{split}.x has {x_shape[lead]} examples but tasks.{split}.y has {y_shape[lead]}")
+            raise ValueError(
+                f"tasks.{split}.x has {x_shape[lead]} examples but tasks.{split}.y has {y_shape[lead]}"
+            )
     for field in ("x", "y"):
         support_shape, query_shape = shapes[f"support.{field}"], shapes[f"query.{field}"]
-        if support_shape[lead + 1:] != query_shape[lead + 1:]:
+        if support_shape[lead + 1 :] != query_shape[lead + 1 :]:
             raise ValueError(
-                f"tasks.support.{field} has per-example shape {support_shape[lead + 1:]} but "
-                f"tasks.query.{field} has {query_shape[lead + 1:]}; they must match")
+                f"tasks.support.{field} has per-example shape {support_shape[lead + 1 :]} but "
+                f"tasks.query.{field} has {query_shape[lead + 1 :]}; they must match"
+            )
     for split in ("support", "query"):
         for field in ("x", "y"):
             if isinstance(getattr(getattr(tasks, split), field), jax.core.Tracer):

@@ -25,11 +25,14 @@ from jmeta.validation import check_positive_int
 
 def _rotate(image: jax.Array, quarter_turns: jax.Array) -> jax.Array:
     """``image`` (H, W, C) rotated by ``quarter_turns`` x 90 degrees (traced)."""
-    return jax.lax.switch(quarter_turns, [lambda x, k=k: jnp.rot90(x, k, axes=(0, 1)) for k in range(4)], image)
+    return jax.lax.switch(
+        quarter_turns, [lambda x, k=k: jnp.rot90(x, k, axes=(0, 1)) for k in range(4)], image
+    )
 
 
-def make_episode_sampler(data: Any, ways: int, shots: int, queries: int, *, rotations: bool = False,
-                         groups: Any = None) -> TaskSampler:
+def make_episode_sampler(
+    data: Any, ways: int, shots: int, queries: int, *, rotations: bool = False, groups: Any = None
+) -> TaskSampler:
     """Returns ``sample(key) -> Task`` of one N-way K-shot episode.
 
     Support ``x`` has shape ``(ways * shots, H, W, C)`` and ``y`` ``(ways * shots,)``
@@ -47,7 +50,9 @@ def make_episode_sampler(data: Any, ways: int, shots: int, queries: int, *, rota
     queries = check_positive_int("queries", queries)
     shape = np.shape(data)
     if len(shape) != 5:
-        raise ValueError(f"data must have shape (classes, examples, height, width, channels), got {shape}")
+        raise ValueError(
+            f"data must have shape (classes, examples, height, width, channels), got {shape}"
+        )
     num_classes, num_examples = shape[0], shape[1]
     if num_classes == 0 or num_examples == 0:
         raise ValueError(f"data is empty: shape {shape}")
@@ -55,19 +60,25 @@ def make_episode_sampler(data: Any, ways: int, shots: int, queries: int, *, rota
         raise ValueError(f"rotations need square images, got {shape[2]}x{shape[3]}")
     copies = 4 if rotations else 1
     if shots + queries > num_examples:
-        raise ValueError(f"shots + queries = {shots + queries} but each class has only {num_examples} examples")
+        raise ValueError(
+            f"shots + queries = {shots + queries} but each class has only {num_examples} examples"
+        )
     if groups is None:
         group_of = np.zeros(num_classes, np.int32)
     else:
         group_of = np.asarray(groups)
         if group_of.shape != (num_classes,) or group_of.dtype.kind not in "iu":
-            raise ValueError(f"groups must be {num_classes} integers (one per class), got shape {group_of.shape} "
-                             f"and dtype {group_of.dtype}")
+            raise ValueError(
+                f"groups must be {num_classes} integers (one per class), got shape {group_of.shape} "
+                f"and dtype {group_of.dtype}"
+            )
     group_sizes = np.bincount(group_of) * copies
     if ways > group_sizes.max():
         where = "any group" if groups is not None else "the data"
-        raise ValueError(f"ways = {ways} but {where} has only {group_sizes.max()} classes"
-                         f"{' (rotations included)' if rotations else ''}")
+        raise ValueError(
+            f"ways = {ways} but {where} has only {group_sizes.max()} classes"
+            f"{' (rotations included)' if rotations else ''}"
+        )
     eligible = np.flatnonzero(group_sizes >= ways)
     data = jnp.asarray(data)
     class_group = jnp.asarray(np.tile(group_of, copies))
@@ -77,13 +88,19 @@ def make_episode_sampler(data: Any, ways: int, shots: int, queries: int, *, rota
         group_key, class_key, example_key, label_key = jax.random.split(key, 4)
         group = eligible[jax.random.randint(group_key, (), 0, eligible.shape[0])]
         in_group = (class_group == group).astype(jnp.float32)
-        chosen = jax.random.choice(class_key, num_classes * copies, (ways,), replace=False, p=in_group / in_group.sum())
+        chosen = jax.random.choice(
+            class_key, num_classes * copies, (ways,), replace=False, p=in_group / in_group.sum()
+        )
         classes, turns = chosen % num_classes, chosen // num_classes
         example_keys = jax.random.split(example_key, ways)
-        examples = jax.vmap(lambda k: jax.random.permutation(k, num_examples)[: shots + queries])(example_keys)
+        examples = jax.vmap(lambda k: jax.random.permutation(k, num_examples)[: shots + queries])(
+            example_keys
+        )
         images = data[classes[:, None], examples]  # (ways, shots + queries, H, W, C)
         if rotations:
-            images = jax.vmap(lambda per_class, k: jax.vmap(lambda image: _rotate(image, k))(per_class))(images, turns)
+            images = jax.vmap(
+                lambda per_class, k: jax.vmap(lambda image: _rotate(image, k))(per_class)
+            )(images, turns)
         return episode_from_classes(label_key, images, shots)
 
     return sample
@@ -97,5 +114,7 @@ def episode_from_classes(key: jax.Array, examples: jax.Array, shots: int) -> Tas
     queries = per_class - shots
     labels = jax.random.permutation(key, ways).astype(jnp.int32)
     shape = examples.shape[2:]
-    return Task(Batch(examples[:, :shots].reshape((ways * shots,) + shape), jnp.repeat(labels, shots)),
-                Batch(examples[:, shots:].reshape((ways * queries,) + shape), jnp.repeat(labels, queries)))
+    return Task(
+        Batch(examples[:, :shots].reshape((ways * shots,) + shape), jnp.repeat(labels, shots)),
+        Batch(examples[:, shots:].reshape((ways * queries,) + shape), jnp.repeat(labels, queries)),
+    )

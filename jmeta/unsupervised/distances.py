@@ -44,7 +44,9 @@ def map_row_chunks(fn: Callable, x: jax.Array, chunk_size: int, *extra: jax.Arra
     whole = num_rows // chunk_size * chunk_size
     pieces = []
     if whole:
-        chunked = [a[:whole].reshape(whole // chunk_size, chunk_size, *a.shape[1:]) for a in (x, *extra)]
+        chunked = [
+            a[:whole].reshape(whole // chunk_size, chunk_size, *a.shape[1:]) for a in (x, *extra)
+        ]
         outputs = jax.lax.map(lambda args: fn(*args), tuple(chunked))
         pieces.append(jax.tree.map(lambda o: o.reshape(whole, *o.shape[2:]), outputs))
     if whole < num_rows:
@@ -54,8 +56,9 @@ def map_row_chunks(fn: Callable, x: jax.Array, chunk_size: int, *extra: jax.Arra
     return jax.tree.map(lambda *parts: jnp.concatenate(parts), *pieces)
 
 
-def nearest_centres(x: jax.Array, centres: jax.Array, chunk_size: int | None = None,
-                    x_sq: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def nearest_centres(
+    x: jax.Array, centres: jax.Array, chunk_size: int | None = None, x_sq: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
     """Index of each row's nearest centre and the squared distance to it.
 
     Args:
@@ -76,7 +79,7 @@ def nearest_centres(x: jax.Array, centres: jax.Array, chunk_size: int | None = N
     index = jnp.arange(num_centres, dtype=jnp.int32)[:, None]
 
     def chunk(x_chunk, x_sq_chunk):
-        scores = centre_sq[:, None] - 2 * (centres @ x_chunk.T)          # (k, chunk)
+        scores = centre_sq[:, None] - 2 * (centres @ x_chunk.T)  # (k, chunk)
         best = jnp.min(scores, axis=0)
         labels = jnp.min(jnp.where(scores == best[None, :], index, num_centres), axis=0)
         return labels, jnp.maximum(x_sq_chunk + best, 0)

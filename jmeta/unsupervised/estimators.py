@@ -12,13 +12,30 @@ import numbers
 
 import jax
 import numpy as np
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    ClusterMixin,
+    TransformerMixin,
+)
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted, validate_data
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_array,
+    check_is_fitted,
+    validate_data,
+)
 
 from jmeta.unsupervised.kmeans import INITS, kmeans, kmeans_predict
 from jmeta.unsupervised.minibatch import minibatch_kmeans
-from jmeta.unsupervised.pca import PCAResult, SOLVERS, choose_solver, pca, pca_inverse_transform, pca_transform
+from jmeta.unsupervised.pca import (
+    SOLVERS,
+    PCAResult,
+    choose_solver,
+    pca,
+    pca_inverse_transform,
+    pca_transform,
+)
 from jmeta.validation import check_choice, check_positive_int
 
 _DTYPES = [np.float64, np.float32]
@@ -32,7 +49,7 @@ def _precision(dtype):
 def _seed(random_state) -> int:
     """An int seed for ``jax.random.key`` from scikit-learn's ``random_state``."""
     if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
-        return int(random_state) % (2 ** 32)
+        return int(random_state) % (2**32)
     return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
@@ -41,8 +58,10 @@ def _check_init(init, n_clusters, n_features, dtype):
         return check_choice("init", init, INITS)
     init = np.asarray(init, dtype=dtype)
     if init.shape != (n_clusters, n_features):
-        raise ValueError(f"init must have shape (n_clusters, n_features) = {(n_clusters, n_features)}, "
-                         f"got {init.shape}")
+        raise ValueError(
+            f"init must have shape (n_clusters, n_features) = {(n_clusters, n_features)}, "
+            f"got {init.shape}"
+        )
     if not np.all(np.isfinite(init)):
         raise ValueError("init contains NaN or inf; expected finite initial centres")
     return init
@@ -67,11 +86,15 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
     def _fit_inputs(self, X, sample_weight):
         """Checked ``X``, weights and ``init`` for ``fit``, with ``n_clusters`` at most the rows."""
         X = self._validate(X, reset=True)
-        sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True)
+        sample_weight = _check_sample_weight(
+            sample_weight, X, dtype=X.dtype, ensure_non_negative=True
+        )
         check_positive_int("n_clusters", self.n_clusters)
         if self.n_clusters > X.shape[0]:
-            raise ValueError(f"n_clusters={self.n_clusters} is larger than the number of samples, {X.shape[0]}; "
-                             f"expected at most {X.shape[0]}")
+            raise ValueError(
+                f"n_clusters={self.n_clusters} is larger than the number of samples, {X.shape[0]}; "
+                f"expected at most {X.shape[0]}"
+            )
         return X, sample_weight, _check_init(self.init, self.n_clusters, X.shape[1], X.dtype)
 
     def _store(self, result, dtype):
@@ -101,8 +124,12 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         # From differences, in row chunks: the |x|² - 2x·c + |c|² expansion loses the
         # digits of a distance near zero to cancellation.
         rows = max(1, (1 << 22) // max(centres.size, 1))
-        return np.concatenate([np.sqrt(((X[i:i + rows, None, :] - centres[None]) ** 2).sum(-1))
-                               for i in range(0, X.shape[0], rows)])
+        return np.concatenate(
+            [
+                np.sqrt(((X[i : i + rows, None, :] - centres[None]) ** 2).sum(-1))
+                for i in range(0, X.shape[0], rows)
+            ]
+        )
 
     def fit_transform(self, X, y=None, sample_weight=None):
         return self.fit(X, sample_weight=sample_weight).transform(X)
@@ -113,7 +140,9 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         X = self._validate(X, reset=False)
         sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
         with _precision(X.dtype):
-            _, inertia = kmeans_predict(X, self.cluster_centers_.astype(X.dtype), sample_weight=sample_weight)
+            _, inertia = kmeans_predict(
+                X, self.cluster_centers_.astype(X.dtype), sample_weight=sample_weight
+            )
             return -float(inertia)
 
     def __sklearn_tags__(self):
@@ -137,8 +166,17 @@ class KMeans(_BaseKMeans):
     Attributes: ``cluster_centers_``, ``labels_``, ``inertia_``, ``n_iter_``, ``n_features_in_``.
     """
 
-    def __init__(self, n_clusters=8, *, init="k-means++", n_init="auto", max_iter=300, tol=1e-4,
-                 random_state=None, chunk_size=None):
+    def __init__(
+        self,
+        n_clusters=8,
+        *,
+        init="k-means++",
+        n_init="auto",
+        max_iter=300,
+        tol=1e-4,
+        random_state=None,
+        chunk_size=None,
+    ):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
@@ -151,9 +189,17 @@ class KMeans(_BaseKMeans):
         """Clusters the rows of ``X`` (optionally weighted)."""
         X, sample_weight, init = self._fit_inputs(X, sample_weight)
         with _precision(X.dtype):
-            result = kmeans(_seed(self.random_state), X, self.n_clusters, init=init,
-                            n_init=_n_init(self.n_init, init, 10), sample_weight=sample_weight,
-                            max_iter=self.max_iter, tol=self.tol, chunk_size=self.chunk_size)
+            result = kmeans(
+                _seed(self.random_state),
+                X,
+                self.n_clusters,
+                init=init,
+                n_init=_n_init(self.n_init, init, 10),
+                sample_weight=sample_weight,
+                max_iter=self.max_iter,
+                tol=self.tol,
+                chunk_size=self.chunk_size,
+            )
             self._store(result, X.dtype)
         return self
 
@@ -166,9 +212,21 @@ class MiniBatchKMeans(_BaseKMeans):
     ``n_iter_`` (passes over the data), ``n_steps_``, ``n_features_in_``.
     """
 
-    def __init__(self, n_clusters=8, *, init="k-means++", max_iter=100, batch_size=1024, compute_labels=True,
-                 random_state=None, tol=0.0, max_no_improvement=10, init_size=None, n_init="auto",
-                 reassignment_ratio=0.01):
+    def __init__(
+        self,
+        n_clusters=8,
+        *,
+        init="k-means++",
+        max_iter=100,
+        batch_size=1024,
+        compute_labels=True,
+        random_state=None,
+        tol=0.0,
+        max_no_improvement=10,
+        init_size=None,
+        n_init="auto",
+        reassignment_ratio=0.01,
+    ):
         self.n_clusters = n_clusters
         self.init = init
         self.max_iter = max_iter
@@ -186,11 +244,21 @@ class MiniBatchKMeans(_BaseKMeans):
         X, sample_weight, init = self._fit_inputs(X, sample_weight)
         n_init = _n_init(self.n_init, init, 3)
         with _precision(X.dtype):
-            result = minibatch_kmeans(_seed(self.random_state), X, self.n_clusters, batch_size=self.batch_size,
-                                      max_iter=self.max_iter, init=init, n_init=n_init, init_size=self.init_size,
-                                      sample_weight=sample_weight, tol=self.tol,
-                                      max_no_improvement=self.max_no_improvement,
-                                      reassignment_ratio=self.reassignment_ratio, compute_labels=True)
+            result = minibatch_kmeans(
+                _seed(self.random_state),
+                X,
+                self.n_clusters,
+                batch_size=self.batch_size,
+                max_iter=self.max_iter,
+                init=init,
+                n_init=n_init,
+                init_size=self.init_size,
+                sample_weight=sample_weight,
+                tol=self.tol,
+                max_no_improvement=self.max_no_improvement,
+                reassignment_ratio=self.reassignment_ratio,
+                compute_labels=True,
+            )
             self._store(result, X.dtype)
         batch = min(self.batch_size, X.shape[0])
         self.n_steps_ = self.n_iter_
@@ -215,8 +283,16 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     ``singular_values_``, ``mean_``, ``noise_variance_``, ``n_components_``, ``n_samples_``.
     """
 
-    def __init__(self, n_components=None, *, whiten=False, svd_solver="auto", n_oversamples=10,
-                 iterated_power="auto", random_state=None):
+    def __init__(
+        self,
+        n_components=None,
+        *,
+        whiten=False,
+        svd_solver="auto",
+        n_oversamples=10,
+        iterated_power="auto",
+        random_state=None,
+    ):
         self.n_components = n_components
         self.whiten = whiten
         self.svd_solver = svd_solver
@@ -233,14 +309,18 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             n = limit
         elif not fraction:
             if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= limit:
-                raise ValueError(f"n_components={self.n_components!r} must be an integer between 1 and "
-                                 f"min(n_samples, n_features)={limit}, a fraction in (0, 1), or None")
+                raise ValueError(
+                    f"n_components={self.n_components!r} must be an integer between 1 and "
+                    f"min(n_samples, n_features)={limit}, a fraction in (0, 1), or None"
+                )
         solver = check_choice("svd_solver", self.svd_solver, SOLVERS)
         if solver == "auto":
             solver = choose_solver(n_samples, n_features, limit if fraction else n)
         if fraction and solver == "randomized":
-            raise ValueError(f"n_components={n!r} (a fraction of the variance) needs an exact solver, "
-                             "not svd_solver='randomized'")
+            raise ValueError(
+                f"n_components={n!r} (a fraction of the variance) needs an exact solver, "
+                "not svd_solver='randomized'"
+            )
         return (limit, n, solver) if fraction else (n, None, solver)
 
     def fit(self, X, y=None):
@@ -252,19 +332,35 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         X = validate_data(self, X, dtype=_DTYPES, reset=True)
         n_samples, n_features = X.shape
         if n_samples < 2:
-            raise ValueError(f"PCA needs at least 2 samples for a variance, got n_samples = {n_samples}")
+            raise ValueError(
+                f"PCA needs at least 2 samples for a variance, got n_samples = {n_samples}"
+            )
         computed, fraction, solver = self._components_to_fit(n_samples, n_features)
         with _precision(X.dtype):
-            result = pca(X, computed, solver=solver, key=_seed(self.random_state), n_oversamples=self.n_oversamples,
-                         n_power_iters=self.iterated_power)
+            result = pca(
+                X,
+                computed,
+                solver=solver,
+                key=_seed(self.random_state),
+                n_oversamples=self.n_oversamples,
+                n_power_iters=self.iterated_power,
+            )
         result = PCAResult(*(np.asarray(leaf, X.dtype) for leaf in result))
         if fraction is not None:
-            kept = int(np.searchsorted(np.cumsum(result.explained_variance_ratio), fraction, side="right") + 1)
+            kept = int(
+                np.searchsorted(np.cumsum(result.explained_variance_ratio), fraction, side="right")
+                + 1
+            )
             kept = min(kept, computed)
             noise = result.explained_variance[kept:].mean() if kept < computed else 0.0
-            result = PCAResult(result.mean, result.components[:kept], result.explained_variance[:kept],
-                               result.explained_variance_ratio[:kept], result.singular_values[:kept],
-                               np.asarray(noise, X.dtype))
+            result = PCAResult(
+                result.mean,
+                result.components[:kept],
+                result.explained_variance[:kept],
+                result.explained_variance_ratio[:kept],
+                result.singular_values[:kept],
+                np.asarray(noise, X.dtype),
+            )
         self.mean_ = result.mean
         self.components_ = result.components
         self.explained_variance_ = result.explained_variance
@@ -278,9 +374,19 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return X
 
     def _result(self, dtype) -> PCAResult:
-        return PCAResult(*(np.asarray(a, dtype) for a in (self.mean_, self.components_, self.explained_variance_,
-                                                         self.explained_variance_ratio_, self.singular_values_,
-                                                         self.noise_variance_)))
+        return PCAResult(
+            *(
+                np.asarray(a, dtype)
+                for a in (
+                    self.mean_,
+                    self.components_,
+                    self.explained_variance_,
+                    self.explained_variance_ratio_,
+                    self.singular_values_,
+                    self.noise_variance_,
+                )
+            )
+        )
 
     def transform(self, X):
         """Projections of ``X`` on the components: ``(n, n_components_)``."""
@@ -328,7 +434,9 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         sign, logdet = np.linalg.slogdet(precision)
         logdet = logdet if sign > 0 else -np.inf
         n_features = X.shape[1]
-        return -0.5 * (centred * (centred @ precision)).sum(axis=1) - 0.5 * (n_features * np.log(2 * np.pi) - logdet)
+        return -0.5 * (centred * (centred @ precision)).sum(axis=1) - 0.5 * (
+            n_features * np.log(2 * np.pi) - logdet
+        )
 
     def score(self, X, y=None):
         """Mean log-likelihood of the rows of ``X``."""

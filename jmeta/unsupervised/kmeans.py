@@ -22,8 +22,18 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jmeta.unsupervised.distances import default_chunk_size, map_row_chunks, nearest_centres, squared_distances_to
-from jmeta.unsupervised.validation import as_sample_weight, check_data, check_key, check_num_clusters
+from jmeta.unsupervised.distances import (
+    default_chunk_size,
+    map_row_chunks,
+    nearest_centres,
+    squared_distances_to,
+)
+from jmeta.unsupervised.validation import (
+    as_sample_weight,
+    check_data,
+    check_key,
+    check_num_clusters,
+)
 from jmeta.validation import check_choice, check_non_negative_float, check_positive_int
 
 INITS = ("k-means++", "random")
@@ -32,6 +42,7 @@ INITS = ("k-means++", "random")
 class KMeansResult(NamedTuple):
     """A fitted k-means: ``centres`` ``(k, d)``, ``labels`` ``(n,)``, ``inertia`` (the
     weighted sum of squared distances to the nearest centre) and ``num_iters``."""
+
     centres: jax.Array
     labels: jax.Array
     inertia: jax.Array
@@ -53,8 +64,9 @@ def _inverse_cdf(key: jax.Array, mass: jax.Array, order: jax.Array, size: int) -
     return order[jnp.clip(positions, 0, mass.shape[0] - 1)]
 
 
-def _plusplus(key: jax.Array, x: jax.Array, sample_weight: jax.Array, num_clusters: int,
-              num_local_trials: int) -> tuple[jax.Array, jax.Array]:
+def _plusplus(
+    key: jax.Array, x: jax.Array, sample_weight: jax.Array, num_clusters: int, num_local_trials: int
+) -> tuple[jax.Array, jax.Array]:
     """Greedy k-means++ (scikit-learn's ``_kmeans_plusplus``), one jitted ``fori_loop``.
 
     The state is the ``(k, d)`` centres and the ``(n,)`` squared distance of every row to
@@ -71,13 +83,21 @@ def _plusplus(key: jax.Array, x: jax.Array, sample_weight: jax.Array, num_cluste
 
     def add_centre(c, carry):
         centres, indices, closest = carry
-        candidates = _inverse_cdf(jax.random.fold_in(loop_key, c), sample_weight * closest, order, num_local_trials)
+        candidates = _inverse_cdf(
+            jax.random.fold_in(loop_key, c), sample_weight * closest, order, num_local_trials
+        )
         distances = jnp.minimum(closest[None, :], squared_distances_to(x, x[candidates], x_sq))
         best = jnp.argmin(distances @ sample_weight)
         chosen = candidates[best]
-        return centres.at[c].set(x[chosen]), indices.at[c].set(chosen.astype(jnp.int32)), distances[best]
+        return (
+            centres.at[c].set(x[chosen]),
+            indices.at[c].set(chosen.astype(jnp.int32)),
+            distances[best],
+        )
 
-    centres, indices, _ = jax.lax.fori_loop(1, num_clusters, add_centre, (centres, indices, closest))
+    centres, indices, _ = jax.lax.fori_loop(
+        1, num_clusters, add_centre, (centres, indices, closest)
+    )
     return centres, indices
 
 
@@ -88,9 +108,13 @@ def local_trials(num_local_trials: int | None, num_clusters: int) -> int:
     return check_positive_int("num_local_trials", num_local_trials)
 
 
-def _random_rows(key: jax.Array, x: jax.Array, sample_weight: jax.Array, num_clusters: int) -> jax.Array:
+def _random_rows(
+    key: jax.Array, x: jax.Array, sample_weight: jax.Array, num_clusters: int
+) -> jax.Array:
     """``num_clusters`` distinct rows drawn with probability proportional to their weight."""
-    rows = jax.random.choice(key, x.shape[0], (num_clusters,), replace=False, p=sample_weight / jnp.sum(sample_weight))
+    rows = jax.random.choice(
+        key, x.shape[0], (num_clusters,), replace=False, p=sample_weight / jnp.sum(sample_weight)
+    )
     return x[rows]
 
 
@@ -104,7 +128,7 @@ def _relocate_empty(x, sample_weight, labels, sq_distances, sums, weights):
     farness = jnp.where(sample_weight > 0, sq_distances, -1)
     _, farthest = jax.lax.top_k(farness, min(num_clusters, x.shape[0]))
     rank = jnp.clip(jnp.cumsum(empty) - 1, 0, farthest.shape[0] - 1)
-    moved = farthest[rank]                                        # (k,): the point each empty cluster takes
+    moved = farthest[rank]  # (k,): the point each empty cluster takes
     moved_weight = jnp.where(empty, sample_weight[moved], 0)
     moved_sum = x[moved] * moved_weight[:, None]
     sums = sums.at[labels[moved]].add(-moved_sum)
@@ -114,8 +138,14 @@ def _relocate_empty(x, sample_weight, labels, sq_distances, sums, weights):
     return sums, weights
 
 
-def _lloyd(x: jax.Array, sample_weight: jax.Array, centres: jax.Array, max_iter: jax.Array, tol: jax.Array,
-           chunk_size: int) -> KMeansResult:
+def _lloyd(
+    x: jax.Array,
+    sample_weight: jax.Array,
+    centres: jax.Array,
+    max_iter: jax.Array,
+    tol: jax.Array,
+    chunk_size: int,
+) -> KMeansResult:
     """Lloyd's iterations from ``centres`` (traced ``max_iter`` and absolute ``tol``)."""
     num_clusters = centres.shape[0]
     x_sq = jnp.sum(x * x, axis=1)
@@ -124,10 +154,21 @@ def _lloyd(x: jax.Array, sample_weight: jax.Array, centres: jax.Array, max_iter:
     def new_centres(labels, sq_distances):
         sums = jax.ops.segment_sum(weighted_x, labels, num_clusters)
         weights = jax.ops.segment_sum(sample_weight, labels, num_clusters)
-        sums, weights = jax.lax.cond(jnp.any(weights == 0), _relocate_empty, lambda *a: a[-2:],
-                                     x, sample_weight, labels, sq_distances, sums, weights)
+        sums, weights = jax.lax.cond(
+            jnp.any(weights == 0),
+            _relocate_empty,
+            lambda *a: a[-2:],
+            x,
+            sample_weight,
+            labels,
+            sq_distances,
+            sums,
+            weights,
+        )
         # A cluster left with zero weight keeps its sum, as scikit-learn's _average_centers does.
-        return jnp.where(weights[:, None] > 0, sums / jnp.where(weights > 0, weights, 1)[:, None], sums)
+        return jnp.where(
+            weights[:, None] > 0, sums / jnp.where(weights > 0, weights, 1)[:, None], sums
+        )
 
     def not_done(state):
         iteration, _, _, strict, shifted_little = state
@@ -146,45 +187,80 @@ def _lloyd(x: jax.Array, sample_weight: jax.Array, centres: jax.Array, max_iter:
     num_iters, centres, labels, strict, _ = jax.lax.while_loop(not_done, iterate, start)
     # Under strict convergence the last labels are already those of the final centres
     # (computed from the same labels); otherwise one more assignment, as scikit-learn does.
-    labels = jax.lax.cond(strict, lambda: labels, lambda: nearest_centres(x, centres, chunk_size, x_sq)[0])
-    return KMeansResult(centres, labels, _inertia(x, sample_weight, centres, labels, chunk_size), num_iters)
+    labels = jax.lax.cond(
+        strict, lambda: labels, lambda: nearest_centres(x, centres, chunk_size, x_sq)[0]
+    )
+    return KMeansResult(
+        centres, labels, _inertia(x, sample_weight, centres, labels, chunk_size), num_iters
+    )
 
 
 def _inertia(x, sample_weight, centres, labels, chunk_size):
     """Weighted squared distances to the assigned centres, from differences (not the
     expansion, whose cancellation would cost digits in float32)."""
+
     def chunk(x_chunk, labels_chunk):
         return jnp.sum((x_chunk - centres[labels_chunk]) ** 2, axis=1)
+
     return map_row_chunks(chunk, x, chunk_size, labels) @ sample_weight
 
 
-@functools.partial(jax.jit, static_argnames=("num_clusters", "init", "n_init", "chunk_size", "num_local_trials"))
-def _kmeans(key, x, sample_weight, init_centres, max_iter, tol, *, num_clusters, init, n_init, chunk_size,
-            num_local_trials):
+@functools.partial(
+    jax.jit, static_argnames=("num_clusters", "init", "n_init", "chunk_size", "num_local_trials")
+)
+def _kmeans(
+    key,
+    x,
+    sample_weight,
+    init_centres,
+    max_iter,
+    tol,
+    *,
+    num_clusters,
+    init,
+    n_init,
+    chunk_size,
+    num_local_trials,
+):
     total = jnp.sum(sample_weight)
     mean = sample_weight @ x / total
     centred = x - mean[None, :]
     variance = sample_weight @ (centred * centred) / total
     tol = tol * jnp.mean(variance)
     if init_centres is not None:
-        result = _lloyd(centred, sample_weight, init_centres - mean[None, :], max_iter, tol, chunk_size)
+        result = _lloyd(
+            centred, sample_weight, init_centres - mean[None, :], max_iter, tol, chunk_size
+        )
     else:
+
         def initial(key):
             if init == "k-means++":
                 return _plusplus(key, centred, sample_weight, num_clusters, num_local_trials)[0]
             return _random_rows(key, centred, sample_weight, num_clusters)
+
         # Restart i always draws from fold_in(key, i), so more restarts only add candidates.
         starts = jax.vmap(lambda i: initial(jax.random.fold_in(key, i)))(jnp.arange(n_init))
         results = jax.vmap(_lloyd, in_axes=(None, None, 0, None, None, None))(
-            centred, sample_weight, starts, max_iter, tol, chunk_size)
+            centred, sample_weight, starts, max_iter, tol, chunk_size
+        )
         # The lowest inertia wins; ties go to the first restart.
         result = jax.tree.map(lambda leaf: leaf[jnp.argmin(results.inertia)], results)
     return result._replace(centres=result.centres + mean[None, :])
 
 
-def kmeans(key: jax.Array, x: Any, num_clusters: int, *, init: Any = "k-means++", n_init: int = 1,
-           sample_weight: Any = None, max_iter: int = 300, tol: float = 1e-4, chunk_size: int | None = None,
-           num_local_trials: int | None = None) -> KMeansResult:
+def kmeans(
+    key: jax.Array,
+    x: Any,
+    num_clusters: int,
+    *,
+    init: Any = "k-means++",
+    n_init: int = 1,
+    sample_weight: Any = None,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    chunk_size: int | None = None,
+    num_local_trials: int | None = None,
+) -> KMeansResult:
     """k-means clustering of the rows of ``x``, in one jitted call.
 
     Args:
@@ -222,15 +298,30 @@ def kmeans(key: jax.Array, x: Any, num_clusters: int, *, init: Any = "k-means++"
     else:
         init_centres = check_data("init", init, dtype=x.dtype)
         if init_centres.shape != (num_clusters, x.shape[1]):
-            raise ValueError(f"init must have shape (num_clusters, n_features) = {(num_clusters, x.shape[1])}, "
-                             f"got {init_centres.shape}")
+            raise ValueError(
+                f"init must have shape (num_clusters, n_features) = {(num_clusters, x.shape[1])}, "
+                f"got {init_centres.shape}"
+            )
         init, n_init = "array", 1
-    chunk_size = default_chunk_size(x.shape[0], num_clusters) if chunk_size is None else \
-        check_positive_int("chunk_size", chunk_size)
+    chunk_size = (
+        default_chunk_size(x.shape[0], num_clusters)
+        if chunk_size is None
+        else check_positive_int("chunk_size", chunk_size)
+    )
     num_local_trials = local_trials(num_local_trials, num_clusters)
-    return _kmeans(key, x, sample_weight, init_centres, jnp.asarray(max_iter, jnp.int32),
-                   jnp.asarray(tol, x.dtype), num_clusters=num_clusters, init=init, n_init=n_init,
-                   chunk_size=chunk_size, num_local_trials=num_local_trials)
+    return _kmeans(
+        key,
+        x,
+        sample_weight,
+        init_centres,
+        jnp.asarray(max_iter, jnp.int32),
+        jnp.asarray(tol, x.dtype),
+        num_clusters=num_clusters,
+        init=init,
+        n_init=n_init,
+        chunk_size=chunk_size,
+        num_local_trials=num_local_trials,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("num_clusters", "num_local_trials"))
@@ -238,8 +329,14 @@ def _plusplus_jit(key, x, sample_weight, *, num_clusters, num_local_trials):
     return _plusplus(key, x, sample_weight, num_clusters, num_local_trials)
 
 
-def kmeans_plusplus(key: jax.Array, x: Any, num_clusters: int, *, sample_weight: Any = None,
-                    num_local_trials: int | None = None) -> tuple[jax.Array, jax.Array]:
+def kmeans_plusplus(
+    key: jax.Array,
+    x: Any,
+    num_clusters: int,
+    *,
+    sample_weight: Any = None,
+    num_local_trials: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """Greedy k-means++ seeding (``sklearn.cluster.kmeans_plusplus``), one jitted call.
 
     The first centre is drawn with probability proportional to the sample weight; each
@@ -255,7 +352,9 @@ def kmeans_plusplus(key: jax.Array, x: Any, num_clusters: int, *, sample_weight:
     key = check_key(key)
     sample_weight = as_sample_weight(sample_weight, x.shape[0], x.dtype)
     num_local_trials = local_trials(num_local_trials, num_clusters)
-    return _plusplus_jit(key, x, sample_weight, num_clusters=num_clusters, num_local_trials=num_local_trials)
+    return _plusplus_jit(
+        key, x, sample_weight, num_clusters=num_clusters, num_local_trials=num_local_trials
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("chunk_size",))
@@ -264,8 +363,9 @@ def _predict(x, centres, sample_weight, chunk_size):
     return labels, _inertia(x, sample_weight, centres, labels, chunk_size)
 
 
-def kmeans_predict(x: Any, centres: Any, *, sample_weight: Any = None,
-                   chunk_size: int | None = None) -> tuple[jax.Array, jax.Array]:
+def kmeans_predict(
+    x: Any, centres: Any, *, sample_weight: Any = None, chunk_size: int | None = None
+) -> tuple[jax.Array, jax.Array]:
     """Nearest-centre labels of the rows of ``x`` and their weighted inertia."""
     x = check_data("x", x)
     centres = check_data("centres", centres, dtype=x.dtype)
@@ -274,4 +374,3 @@ def kmeans_predict(x: Any, centres: Any, *, sample_weight: Any = None,
     sample_weight = as_sample_weight(sample_weight, x.shape[0], x.dtype)
     chunk_size = chunk_size or default_chunk_size(x.shape[0], centres.shape[0])
     return _predict(x, centres, sample_weight, chunk_size)
-

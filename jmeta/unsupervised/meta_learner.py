@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmeta.algorithms import ALGORITHMS, algorithm_config
+from jmeta.evaluate import evaluate
+from jmeta.execution import Execution
 from jmeta.models import Learner, conv4_learner, mlp_learner, with_linear_head
 from jmeta.objective import make_meta_learner
 from jmeta.outer import MetaState, default_optimizer, make_meta_step
@@ -39,7 +41,12 @@ from jmeta.unsupervised.distances import map_row_chunks
 from jmeta.unsupervised.pca import pca, pca_transform
 from jmeta.unsupervised.self_training import centres_from_labels, self_train_partition
 from jmeta.unsupervised.tasks import Partitions, cactus_partitions, make_pseudo_task_sampler
-from jmeta.validation import check_choice, check_non_negative_int, check_positive_float, check_positive_int
+from jmeta.validation import (
+    check_choice,
+    check_non_negative_int,
+    check_positive_float,
+    check_positive_int,
+)
 
 PROJECTIONS = ("pca", "tsne")
 UNSUPERVISED_ALGORITHMS = ("protonet",) + tuple(ALGORITHMS)
@@ -47,7 +54,9 @@ UNSUPERVISED_ALGORITHMS = ("protonet",) + tuple(ALGORITHMS)
 
 def _check_fraction(name: str, value: Any, *, inclusive_high: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a number in [0, 1{']' if inclusive_high else ')'}, got {value!r}")
+        raise ValueError(
+            f"{name} must be a number in [0, 1{']' if inclusive_high else ')'}, got {value!r}"
+        )
     value = float(value)
     if not (0.0 <= value <= 1.0) or (value == 1.0 and not inclusive_high):
         raise ValueError(f"{name} must be in [0, 1{']' if inclusive_high else ')'}, got {value!r}")
@@ -64,11 +73,15 @@ def as_model_inputs(x: Any, name: str = "X") -> np.ndarray:
     if array.ndim == 3:
         array = array[..., None]
     if array.ndim not in (2, 4) or array.shape[0] == 0 or array.size == 0:
-        raise ValueError(f"{name} must be (n, features), (n, height, width) or (n, height, width, channels) "
-                         f"with n > 0, got shape {np.shape(x)}")
+        raise ValueError(
+            f"{name} must be (n, features), (n, height, width) or (n, height, width, channels) "
+            f"with n > 0, got shape {np.shape(x)}"
+        )
     if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} contains NaN or inf at {int(np.sum(~np.isfinite(array)))} entries; expected "
-                         "finite values")
+        raise ValueError(
+            f"{name} contains NaN or inf at {int(np.sum(~np.isfinite(array)))} entries; expected "
+            "finite values"
+        )
     return array
 
 
@@ -104,7 +117,7 @@ class UnsupervisedMetaLearner:
       steps_per_round: meta-training steps per round.
       meta_batch: tasks per meta-step.
       outer_lr: Adam's learning rate.
-      inner_steps, inner_lr: inner loop of the MAML family (ignored by protonet).
+      num_inner_steps, inner_lr: inner loop of the MAML family (ignored by protonet).
       threshold: the least ``softmax(logits / T)`` confidence that keeps a pseudo-label.
       change_tol: stop when fewer than this fraction of partition 0's labels changed.
       nmi_tol: stop when the NMI between successive partitions 0 exceeds this.
@@ -134,12 +147,31 @@ class UnsupervisedMetaLearner:
       predicted = model.predict(query_x, adapted)
     """
 
-    def __init__(self, learner: Learner | None = None, algorithm: str = "protonet", projection: str = "pca",
-                 n_components: int = 32, n_clusters: int | None = None, n_partitions: int = 8, ways: int = 5,
-                 shots: int = 1, queries: int = 5, rounds: int = 4, steps_per_round: int = 600, meta_batch: int = 4,
-                 outer_lr: float = 1e-3, inner_steps: int = 1, inner_lr: float = 0.4, threshold: float = 0.1,
-                 change_tol: float = 0.01, nmi_tol: float = 0.99, max_shift: int | None = None, seed: int = 0,
-                 progress: bool = True, log_every: int = 50):
+    def __init__(
+        self,
+        learner: Learner | None = None,
+        algorithm: str = "protonet",
+        projection: str = "pca",
+        n_components: int = 32,
+        n_clusters: int | None = None,
+        n_partitions: int = 8,
+        ways: int = 5,
+        shots: int = 1,
+        queries: int = 5,
+        rounds: int = 4,
+        steps_per_round: int = 600,
+        meta_batch: int = 4,
+        outer_lr: float = 1e-3,
+        num_inner_steps: int = 1,
+        inner_lr: float = 0.4,
+        threshold: float = 0.1,
+        change_tol: float = 0.01,
+        nmi_tol: float = 0.99,
+        max_shift: int | None = None,
+        seed: int = 0,
+        progress: bool = True,
+        log_every: int = 50,
+    ):
         self.learner = learner
         self.algorithm = algorithm
         self.projection = projection
@@ -153,7 +185,7 @@ class UnsupervisedMetaLearner:
         self.steps_per_round = steps_per_round
         self.meta_batch = meta_batch
         self.outer_lr = outer_lr
-        self.inner_steps = inner_steps
+        self.num_inner_steps = num_inner_steps
         self.inner_lr = inner_lr
         self.threshold = threshold
         self.change_tol = change_tol
@@ -169,8 +201,18 @@ class UnsupervisedMetaLearner:
         """Every field checked before any work; returns the number of clusters."""
         check_choice("algorithm", self.algorithm, UNSUPERVISED_ALGORITHMS)
         check_choice("projection", self.projection, PROJECTIONS)
-        for name in ("n_components", "n_partitions", "ways", "shots", "queries", "rounds", "steps_per_round",
-                     "meta_batch", "inner_steps", "log_every"):
+        for name in (
+            "n_components",
+            "n_partitions",
+            "ways",
+            "shots",
+            "queries",
+            "rounds",
+            "steps_per_round",
+            "meta_batch",
+            "num_inner_steps",
+            "log_every",
+        ):
             check_positive_int(name, getattr(self, name))
         for name in ("outer_lr", "inner_lr"):
             check_positive_float(name, getattr(self, name))
@@ -180,30 +222,46 @@ class UnsupervisedMetaLearner:
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         if self.learner is not None and not isinstance(self.learner, Learner):
-            raise TypeError(f"learner must be a jmeta.Learner or None, got {type(self.learner).__name__}")
+            raise TypeError(
+                f"learner must be a jmeta.Learner or None, got {type(self.learner).__name__}"
+            )
         if self.max_shift is not None:
             check_non_negative_int("max_shift", self.max_shift)
             if self.max_shift and len(self._feature_shape) != 3:
-                raise ValueError(f"max_shift = {self.max_shift} translates images; X holds feature vectors")
+                raise ValueError(
+                    f"max_shift = {self.max_shift} translates images; X holds feature vectors"
+                )
         if self.ways < 2:
             raise ValueError(f"ways must be at least 2, got {self.ways}")
         if self.projection == "tsne" and self.n_components > 3:
-            raise ValueError(f"projection='tsne' embeds into at most 3 dimensions, got n_components = "
-                             f"{self.n_components}")
+            raise ValueError(
+                f"projection='tsne' embeds into at most 3 dimensions, got n_components = "
+                f"{self.n_components}"
+            )
         per_task = self.ways * (self.shots + self.queries)
         if num_points < per_task:
-            raise ValueError(f"X has {num_points} points but one task needs ways * (shots + queries) = "
-                             f"{self.ways} * ({self.shots} + {self.queries}) = {per_task}")
-        clusters = self.n_clusters if self.n_clusters is not None else max(2 * self.ways, num_points // 20)
+            raise ValueError(
+                f"X has {num_points} points but one task needs ways * (shots + queries) = "
+                f"{self.ways} * ({self.shots} + {self.queries}) = {per_task}"
+            )
+        clusters = (
+            self.n_clusters if self.n_clusters is not None else max(2 * self.ways, num_points // 20)
+        )
         check_positive_int("n_clusters", clusters)
         if clusters < self.ways:
-            raise ValueError(f"n_clusters = {clusters} is below ways = {self.ways}: a task needs ways distinct clusters")
+            raise ValueError(
+                f"n_clusters = {clusters} is below ways = {self.ways}: a task needs ways distinct clusters"
+            )
         if clusters * (self.shots + self.queries) > num_points and self.n_clusters is not None:
-            raise ValueError(f"n_clusters = {clusters} clusters of shots + queries = {self.shots + self.queries} "
-                             f"points need {clusters * (self.shots + self.queries)} points, X has {num_points}")
+            raise ValueError(
+                f"n_clusters = {clusters} clusters of shots + queries = {self.shots + self.queries} "
+                f"points need {clusters * (self.shots + self.queries)} points, X has {num_points}"
+            )
         if self.n_components > int(np.prod(self._feature_shape)):
-            raise ValueError(f"n_components = {self.n_components} exceeds the {int(np.prod(self._feature_shape))} "
-                             "input features")
+            raise ValueError(
+                f"n_components = {self.n_components} exceeds the {int(np.prod(self._feature_shape))} "
+                "input features"
+            )
         return int(clusters)
 
     # ---- building blocks ------------------------------------------------------------
@@ -214,17 +272,29 @@ class UnsupervisedMetaLearner:
             return result, np.asarray(pca_transform(result, jnp.asarray(flat)))
         from sklearn.manifold import TSNE
 
-        return None, TSNE(self.n_components, random_state=self.seed, init="pca").fit_transform(flat).astype(np.float32)
+        return None, TSNE(self.n_components, random_state=self.seed, init="pca").fit_transform(
+            flat
+        ).astype(np.float32)
 
     def _build(self, key: jax.Array, sample: np.ndarray):
         """``(meta_learner, embedding learner, body(meta_params) -> embedding params)``."""
         embedding = self.learner if self.learner is not None else default_learner(key, sample)
         if self.algorithm == "protonet":
-            return make_protonet(embedding, self.ways), embedding, lambda meta_params: meta_params.learners[0]
+            return (
+                make_protonet(embedding, self.ways),
+                embedding,
+                lambda meta_params: meta_params.learners[0],
+            )
         learner = with_linear_head(embedding, jnp.asarray(sample[:2]), self.ways)
-        config = algorithm_config(self.algorithm, loss="ce", num_inner_steps=self.inner_steps, inner_lr=self.inner_lr,
-                                  peel_first_step=False)
-        return make_meta_learner(learner, config), embedding, lambda meta_params: meta_params.learners[0]["body"]
+        config = algorithm_config(
+            self.algorithm, loss="ce", num_inner_steps=self.num_inner_steps, inner_lr=self.inner_lr
+        )
+        # conv4's several inner steps compile faster in one scan (jmeta.execution).
+        return (
+            make_meta_learner(learner, config, Execution(peel_first_step=False)),
+            embedding,
+            lambda meta_params: meta_params.learners[0]["body"],
+        )
 
     def _make_embed(self):
         embedding, body = self.learner_, self._body
@@ -232,6 +302,7 @@ class UnsupervisedMetaLearner:
         @jax.jit
         def embed(meta_params, x):
             return map_row_chunks(lambda rows: embedding.apply_fn(body(meta_params), rows), x, 500)
+
         return embed
 
     def embed(self, X: Any) -> np.ndarray:
@@ -265,30 +336,38 @@ class UnsupervisedMetaLearner:
         x = as_model_inputs(X)
         self._feature_shape = x.shape[1:]
         num_clusters = self._check_params(x.shape[0])
-        self.shift_ = self.max_shift if self.max_shift is not None else (
-            max(1, round(min(x.shape[1:3]) / 14)) if x.ndim == 4 else 0)
+        self.shift_ = (
+            self.max_shift
+            if self.max_shift is not None
+            else (max(1, round(min(x.shape[1:3]) / 14)) if x.ndim == 4 else 0)
+        )
         if eval_labels is not None:
             eval_labels = np.asarray(eval_labels)
             if eval_labels.shape != (x.shape[0],):
-                raise ValueError(f"eval_labels must have shape ({x.shape[0]},), one label per point, got "
-                                 f"{eval_labels.shape}")
+                raise ValueError(
+                    f"eval_labels must have shape ({x.shape[0]},), one label per point, got "
+                    f"{eval_labels.shape}"
+                )
         if eval_tasks is not None:
             validate_tasks(eval_tasks)
             if np.shape(eval_tasks.support.x)[2:] != x.shape[1:]:
-                raise ValueError(f"eval_tasks hold examples of shape {np.shape(eval_tasks.support.x)[2:]} but X's "
-                                 f"are {x.shape[1:]}")
+                raise ValueError(
+                    f"eval_tasks hold examples of shape {np.shape(eval_tasks.support.x)[2:]} but X's "
+                    f"are {x.shape[1:]}"
+                )
         key = jax.random.key(self.seed)
         partition_key, model_key, train_key, round_key, score_key = jax.random.split(key, 5)
         self._meta_learner, self.learner_, self._body = self._build(model_key, x)
         self._embed = self._make_embed()
-        self._scorers = {}
+        self._protonets = {}
         data = jnp.asarray(x)
         min_size = self.shots + self.queries
 
         started = time.perf_counter()
         self.projection_, projected = self._project(x.reshape(x.shape[0], -1))
-        partitions, _ = cactus_partitions(partition_key, projected, num_clusters, self.n_partitions, min_size,
-                                          self.ways)
+        partitions, _ = cactus_partitions(
+            partition_key, projected, num_clusters, self.n_partitions, min_size, self.ways
+        )
         cluster_s = time.perf_counter() - started
         meta_params = self._meta_learner.init()
         opt_state, step = None, 0
@@ -302,8 +381,9 @@ class UnsupervisedMetaLearner:
                 features.block_until_ready()
                 record["embed_s"] = time.perf_counter() - started
                 started = time.perf_counter()
-                partitions, rounds = self._self_train(jax.random.fold_in(round_key, round_index), features,
-                                                      partitions, num_clusters)
+                partitions, rounds = self._self_train(
+                    jax.random.fold_in(round_key, round_index), features, partitions, num_clusters
+                )
                 cluster_s = time.perf_counter() - started
                 record["temperature"] = float(np.exp(rounds[0].log_temperature))
             labels = np.asarray(partitions.labels[0])
@@ -314,16 +394,24 @@ class UnsupervisedMetaLearner:
                 record["nmi"] = _nmi(previous, labels)
             if eval_labels is not None:
                 record.update(_label_scores(labels, eval_labels))
-            if previous is not None and (record["labels_changed"] < self.change_tol or record["nmi"] > self.nmi_tol):
-                record["stopped"] = "labels_changed" if record["labels_changed"] < self.change_tol else "nmi"
+            if previous is not None and (
+                record["labels_changed"] < self.change_tol or record["nmi"] > self.nmi_tol
+            ):
+                record["stopped"] = (
+                    "labels_changed" if record["labels_changed"] < self.change_tol else "nmi"
+                )
                 self.history_.append(record)
                 break
             started = time.perf_counter()
-            meta_params, opt_state, step = self._train(partitions, data, meta_params, opt_state, step,
-                                                       train_key, run, round_index)
+            meta_params, opt_state, step = self._train(
+                partitions, data, meta_params, opt_state, step, train_key, run, round_index
+            )
             record["train_s"] = time.perf_counter() - started
-            record.update(self._pseudo_task_scores(jax.random.fold_in(score_key, round_index), partitions, data,
-                                                   meta_params))
+            record.update(
+                self._pseudo_task_scores(
+                    jax.random.fold_in(score_key, round_index), partitions, data, meta_params
+                )
+            )
             self.meta_params_ = meta_params
             if eval_tasks is not None:
                 record["eval_accuracy"] = float(np.mean(self.score_tasks(eval_tasks)))
@@ -334,18 +422,31 @@ class UnsupervisedMetaLearner:
         self.pseudo_labels_ = np.asarray(partitions.labels[0])
         return self
 
-    def _train(self, partitions: Partitions, data, meta_params, opt_state, step, key, run, round_index):
-        sampler = make_pseudo_task_sampler(data, partitions, self.ways, self.shots, self.queries,
-                                           max_shift=self.shift_)
-        meta_step = make_meta_step(self._meta_learner, sampler, self.meta_batch, default_optimizer(self.outer_lr))
+    def _train(
+        self, partitions: Partitions, data, meta_params, opt_state, step, key, run, round_index
+    ):
+        sampler = make_pseudo_task_sampler(
+            data, partitions, self.ways, self.shots, self.queries, max_shift=self.shift_
+        )
+        meta_step = make_meta_step(
+            self._meta_learner, sampler, self.meta_batch, default_optimizer(self.outer_lr)
+        )
         state = meta_step.init(meta_params)
         if opt_state is not None:
             # The optimizer carries over between rounds: only the tasks change.
             state = MetaState(state.meta_params, opt_state, jnp.asarray(step, jnp.int32))
         total = step + self.steps_per_round
-        state = fit_meta_steps(meta_step, state, key, total, log_every=min(self.log_every, self.steps_per_round),
-                               checkpoint_every=self._checkpoint_every(), run=run,
-                               stage=f"unsupervised-round-{round_index}", progress=self.progress)
+        state = fit_meta_steps(
+            meta_step,
+            state,
+            key,
+            total,
+            log_every=min(self.log_every, self.steps_per_round),
+            checkpoint_every=self._checkpoint_every(),
+            run=run,
+            stage=f"unsupervised-round-{round_index}",
+            progress=self.progress,
+        )
         return state.meta_params, state.opt_state, total
 
     def _checkpoint_every(self) -> int:
@@ -355,27 +456,47 @@ class UnsupervisedMetaLearner:
     def _self_train(self, key, features, partitions: Partitions, num_clusters: int):
         """Partitions of the learned features: partition 0 continues the previous round's
         (its centres recomputed in the new features), the others are CACTUs-rescaled."""
-        fallback = features[jax.random.choice(jax.random.fold_in(key, 0), features.shape[0], (num_clusters,),
-                                              replace=False)]
+        fallback = features[
+            jax.random.choice(
+                jax.random.fold_in(key, 0), features.shape[0], (num_clusters,), replace=False
+            )
+        ]
         init = centres_from_labels(features, partitions.labels[0], fallback)
         rounds = []
 
         def cluster(cluster_key, scaled, partition):
-            result = self_train_partition(cluster_key, scaled, num_clusters, self.ways, self.shots, self.queries,
-                                          self.threshold, init=init if partition == 0 else "k-means++")
+            result = self_train_partition(
+                cluster_key,
+                scaled,
+                num_clusters,
+                self.ways,
+                self.shots,
+                self.queries,
+                self.threshold,
+                init=init if partition == 0 else "k-means++",
+            )
             rounds.append(result)
             return result.labels
 
-        new_partitions, _ = cactus_partitions(key, features, num_clusters, self.n_partitions,
-                                              self.shots + self.queries, self.ways, cluster=cluster)
+        new_partitions, _ = cactus_partitions(
+            key,
+            features,
+            num_clusters,
+            self.n_partitions,
+            self.shots + self.queries,
+            self.ways,
+            cluster=cluster,
+        )
         return new_partitions, rounds
 
     def _pseudo_task_scores(self, key, partitions, data, meta_params) -> dict:
         sampler = make_pseudo_task_sampler(data, partitions, self.ways, self.shots, self.queries)
         tasks = sample_tasks(sampler, key, 64)
         metrics = self._scorer(self.ways)(meta_params, tasks)
-        return {"meta_loss": float(np.mean(metrics["loss"][:, -1])),
-                "pseudo_accuracy": float(np.mean(metrics["accuracy"][:, -1]))}
+        return {
+            "meta_loss": float(np.mean(metrics["loss"][:, -1])),
+            "pseudo_accuracy": float(np.mean(metrics["accuracy"][:, -1])),
+        }
 
     # ---- adapting to labelled tasks ---------------------------------------------------
 
@@ -385,24 +506,23 @@ class UnsupervisedMetaLearner:
 
     def _check_input_shape(self, x: np.ndarray, name: str = "X"):
         if x.shape[1:] != tuple(self._feature_shape):
-            raise ValueError(f"{name} has per-example shape {x.shape[1:]} but the model was fitted on "
-                             f"{tuple(self._feature_shape)}")
+            raise ValueError(
+                f"{name} has per-example shape {x.shape[1:]} but the model was fitted on "
+                f"{tuple(self._feature_shape)}"
+            )
 
     def _meta_learner_for(self, ways: int):
         if self.algorithm == "protonet":
-            return make_protonet(self.learner_, ways) if ways != self.ways else self._meta_learner
+            if ways == self.ways:
+                return self._meta_learner
+            # One per number of ways, so that jmeta.evaluate's cached evaluator is found again.
+            return self._protonets.setdefault(ways, make_protonet(self.learner_, ways))
         if ways != self.ways:
-            raise ValueError(f"algorithm={self.algorithm!r} has a head of ways = {self.ways} outputs; got a task of "
-                             f"{ways} classes (prototypical networks take any number)")
+            raise ValueError(
+                f"algorithm={self.algorithm!r} has a head of ways = {self.ways} outputs; got a task of "
+                f"{ways} classes (prototypical networks take any number)"
+            )
         return self._meta_learner
-
-    def _scorer(self, ways: int):
-        """A jitted ``evaluate`` per number of ways, built once."""
-        if ways not in self._scorers:
-            meta_learner = self._meta_learner_for(ways)
-            self._scorers[ways] = jax.jit(lambda meta_params, tasks: meta_learner.evaluate(
-                meta_params, tasks, self.inner_steps))
-        return self._scorers[ways]
 
     def adapt(self, support_x: Any, support_y: Any):
         """Adapts to one labelled task: labels ``0..ways-1``. Returns what ``predict`` takes."""
@@ -411,13 +531,20 @@ class UnsupervisedMetaLearner:
         self._check_input_shape(x, "support_x")
         y = np.asarray(support_y)
         if y.shape != (x.shape[0],) or y.dtype.kind not in "iu":
-            raise ValueError(f"support_y must be {x.shape[0]} integer labels, got shape {y.shape} dtype {y.dtype}")
+            raise ValueError(
+                f"support_y must be {x.shape[0]} integer labels, got shape {y.shape} dtype {y.dtype}"
+            )
         ways = int(y.max()) + 1
         if y.min() < 0 or set(np.unique(y)) != set(range(ways)):
-            raise ValueError(f"support_y must use every label 0..ways-1, got {sorted(set(np.unique(y).tolist()))}")
+            raise ValueError(
+                f"support_y must use every label 0..ways-1, got {sorted(set(np.unique(y).tolist()))}"
+            )
         meta_learner = self._meta_learner_for(ways)
-        adapted, _ = meta_learner.adapt(self.meta_params_, Batch(jnp.asarray(x), jnp.asarray(y, jnp.int32)),
-                                        self.inner_steps)
+        adapted, _ = meta_learner.adapt(
+            self.meta_params_,
+            Batch(jnp.asarray(x), jnp.asarray(y, jnp.int32)),
+            self.num_inner_steps,
+        )
         return ways, adapted
 
     def predict(self, query_x: Any, adapted) -> np.ndarray:
@@ -435,21 +562,18 @@ class UnsupervisedMetaLearner:
         self._check_fitted()
         validate_tasks(tasks)
         ways = int(np.max(np.asarray(tasks.support.y))) + 1
-        return task_accuracies(self._scorer(ways), self.meta_params_, tasks, chunk)
+        return evaluate(
+            self._meta_learner_for(ways),
+            self.meta_params_,
+            tasks,
+            self.num_inner_steps,
+            chunk=chunk,
+        )["accuracy"][:, -1]
 
     def plot_history(self, path: str | None = None):
         """The per-round history as a figure (saved to ``path`` if given); returns the figure."""
         self._check_fitted()
         return plot_history(self.history_, path)
-
-
-def task_accuracies(evaluate, meta_params, tasks: Task, chunk: int = 100) -> np.ndarray:
-    """Query accuracy after the last inner step of every task, ``(num_tasks,)``, from a jitted
-    ``evaluate(meta_params, tasks) -> {"accuracy": (num_tasks, steps + 1)}`` (a
-    ``MetaLearner.evaluate``) run on ``chunk`` tasks at a time to bound the memory."""
-    num_tasks = tasks.support.y.shape[0]
-    return np.concatenate([np.asarray(evaluate(meta_params, jax.tree_util.tree_map(
-        lambda leaf: leaf[start:start + chunk], tasks))["accuracy"][:, -1]) for start in range(0, num_tasks, chunk)])
 
 
 def _nmi(previous: np.ndarray, labels: np.ndarray) -> float:
@@ -471,7 +595,10 @@ def _label_scores(labels: np.ndarray, truth: np.ndarray) -> dict:
     pseudo, true = labels[accepted], np.unique(truth, return_inverse=True)[1][accepted]
     table = np.zeros((pseudo.max() + 1, true.max() + 1), np.int64)
     np.add.at(table, (pseudo, true), 1)
-    return {"ari": float(adjusted_rand_score(true, pseudo)), "label_accuracy": float(table.max(axis=1).sum() / len(pseudo))}
+    return {
+        "ari": float(adjusted_rand_score(true, pseudo)),
+        "label_accuracy": float(table.max(axis=1).sum() / len(pseudo)),
+    }
 
 
 def plot_history(history: list[dict], path: str | None = None):
@@ -484,8 +611,12 @@ def plot_history(history: list[dict], path: str | None = None):
     import matplotlib.pyplot as plt
 
     rounds = [r["round"] for r in history]
-    panels = [("accuracy", ["eval_accuracy", "pseudo_accuracy"]), ("pseudo-labels vs truth", ["ari", "label_accuracy"]),
-              ("labels", ["mask_rate", "labels_changed", "nmi"]), ("temperature T", ["temperature"])]
+    panels = [
+        ("accuracy", ["eval_accuracy", "pseudo_accuracy"]),
+        ("pseudo-labels vs truth", ["ari", "label_accuracy"]),
+        ("labels", ["mask_rate", "labels_changed", "nmi"]),
+        ("temperature T", ["temperature"]),
+    ]
     figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for axis, (title, keys) in zip(axes, panels):
         for key in keys:

@@ -26,12 +26,13 @@ SOLVERS = ("auto", "covariance_eigh", "full", "randomized")
 
 class PCAResult(NamedTuple):
     """A fitted PCA, with scikit-learn's attribute names (without the trailing ``_``)."""
-    mean: jax.Array                        # (d,)
-    components: jax.Array                  # (k, d), rows of unit norm
-    explained_variance: jax.Array          # (k,)
-    explained_variance_ratio: jax.Array    # (k,)
-    singular_values: jax.Array             # (k,)
-    noise_variance: jax.Array              # (): mean variance of the discarded directions
+
+    mean: jax.Array  # (d,)
+    components: jax.Array  # (k, d), rows of unit norm
+    explained_variance: jax.Array  # (k,)
+    explained_variance_ratio: jax.Array  # (k,)
+    singular_values: jax.Array  # (k,)
+    noise_variance: jax.Array  # (): mean variance of the discarded directions
 
 
 def choose_solver(num_samples: int, num_features: int, num_components: int) -> str:
@@ -48,20 +49,34 @@ def choose_solver(num_samples: int, num_features: int, num_components: int) -> s
 
 def _flip_signs(components: jax.Array) -> jax.Array:
     """Makes the largest-magnitude entry of each row positive (``svd_flip(u_based_decision=False)``)."""
-    largest = jnp.take_along_axis(components, jnp.argmax(jnp.abs(components), axis=1)[:, None], axis=1)
+    largest = jnp.take_along_axis(
+        components, jnp.argmax(jnp.abs(components), axis=1)[:, None], axis=1
+    )
     return components * jnp.where(largest < 0, -1, 1).astype(components.dtype)
 
 
-def _truncate(mean, components, explained_variance, singular_values, total_variance, num_components,
-              noise_variance=None) -> PCAResult:
+def _truncate(
+    mean,
+    components,
+    explained_variance,
+    singular_values,
+    total_variance,
+    num_components,
+    noise_variance=None,
+) -> PCAResult:
     """Keeps the leading ``num_components``; the noise variance is the mean of the rest
     unless given (the randomized solver, which never sees the rest)."""
     if noise_variance is None:
         rest = explained_variance[num_components:]
         noise_variance = jnp.mean(rest) if rest.shape[0] else jnp.zeros((), mean.dtype)
-    return PCAResult(mean, components[:num_components], explained_variance[:num_components],
-                     explained_variance[:num_components] / total_variance, singular_values[:num_components],
-                     noise_variance)
+    return PCAResult(
+        mean,
+        components[:num_components],
+        explained_variance[:num_components],
+        explained_variance[:num_components] / total_variance,
+        singular_values[:num_components],
+        noise_variance,
+    )
 
 
 def _covariance_eigh(x: jax.Array, num_components: int) -> PCAResult:
@@ -73,27 +88,40 @@ def _covariance_eigh(x: jax.Array, num_components: int) -> PCAResult:
     explained_variance = jnp.maximum(eigenvalues[::-1], 0)
     components = _flip_signs(eigenvectors[:, ::-1].T)
     singular_values = jnp.sqrt(explained_variance * (num_samples - 1))
-    return _truncate(mean, components, explained_variance, singular_values, jnp.sum(explained_variance),
-                     num_components)
+    return _truncate(
+        mean,
+        components,
+        explained_variance,
+        singular_values,
+        jnp.sum(explained_variance),
+        num_components,
+    )
 
 
 def _full_svd(x: jax.Array, num_components: int) -> PCAResult:
     num_samples = x.shape[0]
     mean = jnp.mean(x, axis=0)
     _, singular_values, vt = jnp.linalg.svd(x - mean[None, :], full_matrices=False)
-    explained_variance = singular_values ** 2 / (num_samples - 1)
-    return _truncate(mean, _flip_signs(vt), explained_variance, singular_values, jnp.sum(explained_variance),
-                     num_components)
+    explained_variance = singular_values**2 / (num_samples - 1)
+    return _truncate(
+        mean,
+        _flip_signs(vt),
+        explained_variance,
+        singular_values,
+        jnp.sum(explained_variance),
+        num_components,
+    )
 
 
-def _randomized(key: jax.Array, x: jax.Array, num_components: int, n_oversamples: int,
-                n_power_iters: int) -> PCAResult:
+def _randomized(
+    key: jax.Array, x: jax.Array, num_components: int, n_oversamples: int, n_power_iters: int
+) -> PCAResult:
     """Halko et al.'s randomized SVD of the centred data, QR-normalised power iterations."""
     num_samples, num_features = x.shape
     mean = jnp.mean(x, axis=0)
     ones = jnp.ones(num_samples, x.dtype)
 
-    def times(q):            # (X - 1μᵀ) q
+    def times(q):  # (X - 1μᵀ) q
         return x @ q - jnp.outer(ones, mean @ q)
 
     def times_transposed(p):  # (X - 1μᵀ)ᵀ p
@@ -107,18 +135,27 @@ def _randomized(key: jax.Array, x: jax.Array, num_components: int, n_oversamples
     q = orthonormal(times(q))
     for _ in range(n_power_iters):
         q = orthonormal(times(orthonormal(times_transposed(q))))
-    b = times_transposed(q).T                                           # qᵀ(X - 1μᵀ): (size, d)
+    b = times_transposed(q).T  # qᵀ(X - 1μᵀ): (size, d)
     _, singular_values, vt = jnp.linalg.svd(b, full_matrices=False)
-    explained_variance = singular_values ** 2 / (num_samples - 1)
+    explained_variance = singular_values**2 / (num_samples - 1)
     total_variance = jnp.sum((x - mean[None, :]) ** 2) / (num_samples - 1)
     kept = explained_variance[:num_components]
     rest = min(num_samples, num_features) - num_components
     noise_variance = (total_variance - jnp.sum(kept)) / rest if rest else jnp.zeros((), x.dtype)
-    return _truncate(mean, _flip_signs(vt), explained_variance, singular_values, total_variance, num_components,
-                     noise_variance)
+    return _truncate(
+        mean,
+        _flip_signs(vt),
+        explained_variance,
+        singular_values,
+        total_variance,
+        num_components,
+        noise_variance,
+    )
 
 
-@functools.partial(jax.jit, static_argnames=("num_components", "solver", "n_oversamples", "n_power_iters"))
+@functools.partial(
+    jax.jit, static_argnames=("num_components", "solver", "n_oversamples", "n_power_iters")
+)
 def _pca(key, x, *, num_components, solver, n_oversamples, n_power_iters):
     if solver == "covariance_eigh":
         return _covariance_eigh(x, num_components)
@@ -127,8 +164,15 @@ def _pca(key, x, *, num_components, solver, n_oversamples, n_power_iters):
     return _randomized(key, x, num_components, n_oversamples, n_power_iters)
 
 
-def pca(x: Any, num_components: int | None = None, *, solver: str = "auto", key: Any = 0,
-        n_oversamples: int = 10, n_power_iters: int | str = "auto") -> PCAResult:
+def pca(
+    x: Any,
+    num_components: int | None = None,
+    *,
+    solver: str = "auto",
+    key: Any = 0,
+    n_oversamples: int = 10,
+    n_power_iters: int | str = "auto",
+) -> PCAResult:
     """Principal components of the rows of ``x``, in one jitted call (one compile per shape).
 
     Args:
@@ -156,10 +200,14 @@ def pca(x: Any, num_components: int | None = None, *, solver: str = "auto", key:
     if num_samples < 2:
         raise ValueError(f"x must have at least 2 samples for a variance, got shape {x.shape}")
     limit = min(num_samples, num_features)
-    num_components = limit if num_components is None else check_positive_int("num_components", num_components)
+    num_components = (
+        limit if num_components is None else check_positive_int("num_components", num_components)
+    )
     if num_components > limit:
-        raise ValueError(f"num_components={num_components} is larger than min(n_samples, n_features) = {limit}; "
-                         f"expected at most {limit}")
+        raise ValueError(
+            f"num_components={num_components} is larger than min(n_samples, n_features) = {limit}; "
+            f"expected at most {limit}"
+        )
     check_choice("solver", solver, SOLVERS)
     if solver == "auto":
         solver = choose_solver(num_samples, num_features, num_components)
@@ -167,8 +215,14 @@ def pca(x: Any, num_components: int | None = None, *, solver: str = "auto", key:
     if n_power_iters == "auto":
         n_power_iters = 7 if num_components < 0.1 * limit else 4
     n_power_iters = check_non_negative_int("n_power_iters", n_power_iters)
-    return _pca(check_key(key), x, num_components=num_components, solver=solver, n_oversamples=n_oversamples,
-                n_power_iters=n_power_iters)
+    return _pca(
+        check_key(key),
+        x,
+        num_components=num_components,
+        solver=solver,
+        n_oversamples=n_oversamples,
+        n_power_iters=n_power_iters,
+    )
 
 
 def _whitening_scale(result: PCAResult) -> jax.Array:

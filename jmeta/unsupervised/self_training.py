@@ -36,7 +36,13 @@ from jmeta.protonet import prototype_logits, prototypes
 from jmeta.tasks.base import Task
 from jmeta.unsupervised.distances import map_row_chunks
 from jmeta.unsupervised.kmeans import kmeans
-from jmeta.unsupervised.tasks import Partitions, check_task_shape, draw_task, eligible_partitions, make_partitions
+from jmeta.unsupervised.tasks import (
+    Partitions,
+    check_task_shape,
+    draw_task,
+    eligible_partitions,
+    make_partitions,
+)
 from jmeta.validation import check_positive_int
 
 
@@ -58,10 +64,15 @@ class SelfTrainingRound(NamedTuple):
     kmeans_labels: jax.Array
 
 
-def centre_logits(embedding: jax.Array, centres: jax.Array, log_temperature: jax.Array) -> jax.Array:
+def centre_logits(
+    embedding: jax.Array, centres: jax.Array, log_temperature: jax.Array
+) -> jax.Array:
     """``-|z - c|² / T`` for every point and centre, ``(n, C)``."""
-    sq = (jnp.sum(embedding * embedding, axis=1)[:, None] - 2 * embedding @ centres.T
-          + jnp.sum(centres * centres, axis=1)[None, :])
+    sq = (
+        jnp.sum(embedding * embedding, axis=1)[:, None]
+        - 2 * embedding @ centres.T
+        + jnp.sum(centres * centres, axis=1)[None, :]
+    )
     return -jnp.maximum(sq, 0) / jnp.exp(log_temperature)
 
 
@@ -71,25 +82,38 @@ def _task_logits(task: Task, ways: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames="num_steps")
-def _fit_log_temperature(logits: jax.Array, labels: jax.Array, initial: jax.Array, num_steps: int,
-                         learning_rate: float) -> jax.Array:
+def _fit_log_temperature(
+    logits: jax.Array, labels: jax.Array, initial: jax.Array, num_steps: int, learning_rate: float
+) -> jax.Array:
     """Adam on ``log T`` for the cross-entropy of ``logits / T``."""
     loss = lambda log_temperature: cross_entropy(logits / jnp.exp(log_temperature), labels)
     return minimise(loss, initial, optax.adam(learning_rate), num_steps)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("min_size", "ways", "shots", "queries", "num_tasks"))
-def _temperature_problem(key, embedding, members, counts, eligible, min_size, ways, shots, queries, num_tasks):
+def _temperature_problem(
+    key, embedding, members, counts, eligible, min_size, ways, shots, queries, num_tasks
+):
     """Query logits (temperature 1) and labels of ``num_tasks`` pseudo-tasks, flattened."""
-    tasks = jax.vmap(lambda k: draw_task(k, embedding, members, counts, eligible, min_size, ways, shots, queries))(
-        jax.random.split(key, num_tasks))
+    tasks = jax.vmap(
+        lambda k: draw_task(k, embedding, members, counts, eligible, min_size, ways, shots, queries)
+    )(jax.random.split(key, num_tasks))
     logits = jax.vmap(lambda task: _task_logits(task, ways))(tasks)
     return logits.reshape((-1, ways)), tasks.query.y.reshape(-1)
 
 
-def learn_log_temperature(key: jax.Array, embedding: jax.Array, partitions: Partitions, ways: int, shots: int,
-                          queries: int, *, num_tasks: int = 256, num_steps: int = 300,
-                          learning_rate: float = 0.05) -> jax.Array:
+def learn_log_temperature(
+    key: jax.Array,
+    embedding: jax.Array,
+    partitions: Partitions,
+    ways: int,
+    shots: int,
+    queries: int,
+    *,
+    num_tasks: int = 256,
+    num_steps: int = 300,
+    learning_rate: float = 0.05,
+) -> jax.Array:
     """``log T`` that minimises the query cross-entropy of ``num_tasks`` pseudo-labelled
     tasks drawn from ``partitions`` (on ``embedding``), by Adam on ``log T``.
 
@@ -97,17 +121,30 @@ def learn_log_temperature(key: jax.Array, embedding: jax.Array, partitions: Part
     decide how many steps it takes (the loss is unimodal in ``log T``).
     """
     check_task_shape(partitions, ways, shots, queries)
-    logits, labels = _temperature_problem(key, jnp.asarray(embedding), partitions.members, partitions.counts,
-                                          eligible_partitions(partitions, ways), partitions.min_size, ways, shots,
-                                          queries, check_positive_int("num_tasks", num_tasks))
+    logits, labels = _temperature_problem(
+        key,
+        jnp.asarray(embedding),
+        partitions.members,
+        partitions.counts,
+        eligible_partitions(partitions, ways),
+        partitions.min_size,
+        ways,
+        shots,
+        queries,
+        check_positive_int("num_tasks", num_tasks),
+    )
     initial = jnp.log(jnp.maximum(jnp.mean(jnp.abs(logits)), 1e-12))
-    return _fit_log_temperature(logits, labels, initial, check_positive_int("num_steps", num_steps), learning_rate)
+    return _fit_log_temperature(
+        logits, labels, initial, check_positive_int("num_steps", num_steps), learning_rate
+    )
 
 
-def confident_labels(embedding: jax.Array, centres: jax.Array, log_temperature: jax.Array,
-                     threshold: float) -> tuple[jax.Array, jax.Array]:
+def confident_labels(
+    embedding: jax.Array, centres: jax.Array, log_temperature: jax.Array, threshold: float
+) -> tuple[jax.Array, jax.Array]:
     """``(labels, confidence)``: the arg-max cluster where ``max softmax(logits / T) >=
     threshold``, ``-1`` elsewhere, computed over row chunks (no ``n x C`` buffer at once)."""
+
     def chunk(rows):
         probabilities = jax.nn.softmax(centre_logits(rows, centres, log_temperature), axis=-1)
         return jnp.argmax(probabilities, axis=-1).astype(jnp.int32), jnp.max(probabilities, axis=-1)
@@ -125,9 +162,20 @@ def centres_from_labels(embedding: jax.Array, labels: jax.Array, fallback: jax.A
     return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1)[:, None], fallback)
 
 
-def self_train_partition(key: Any, embedding: Any, num_clusters: int, ways: int, shots: int, queries: int,
-                         threshold: float, *, init: Any = "k-means++", temperature_tasks: int = 256,
-                         temperature_steps: int = 300, max_iter: int = 100) -> SelfTrainingRound:
+def self_train_partition(
+    key: Any,
+    embedding: Any,
+    num_clusters: int,
+    ways: int,
+    shots: int,
+    queries: int,
+    threshold: float,
+    *,
+    init: Any = "k-means++",
+    temperature_tasks: int = 256,
+    temperature_steps: int = 300,
+    max_iter: int = 100,
+) -> SelfTrainingRound:
     """One self-training round on one partition (the module docstring's steps 1-3).
 
     Args:
@@ -147,11 +195,21 @@ def self_train_partition(key: Any, embedding: Any, num_clusters: int, ways: int,
     partitions = make_partitions(clusters.labels[None, :], num_clusters, shots + queries)
     usable = int(np.asarray(partitions.usable).sum())
     if usable < ways:
-        raise ValueError(f"self-training: only {usable} of num_clusters = {num_clusters} clusters of the learned "
-                         f"features have shots + queries = {shots + queries} points or more, but ways = {ways} are "
-                         "needed; use fewer clusters or more data")
-    log_temperature = learn_log_temperature(temperature_key, embedding, partitions, ways, shots, queries,
-                                            num_tasks=temperature_tasks, num_steps=temperature_steps)
+        raise ValueError(
+            f"self-training: only {usable} of num_clusters = {num_clusters} clusters of the learned "
+            f"features have shots + queries = {shots + queries} points or more, but ways = {ways} are "
+            "needed; use fewer clusters or more data"
+        )
+    log_temperature = learn_log_temperature(
+        temperature_key,
+        embedding,
+        partitions,
+        ways,
+        shots,
+        queries,
+        num_tasks=temperature_tasks,
+        num_steps=temperature_steps,
+    )
     labels, confidence = confident_labels(embedding, clusters.centres, log_temperature, threshold)
     centres = centres_from_labels(embedding, labels, clusters.centres)
     return SelfTrainingRound(labels, centres, confidence, log_temperature, clusters.labels)
@@ -163,8 +221,10 @@ def expected_calibration_error(confidence: Any, correct: Any, num_bins: int = 10
     confidence = np.asarray(confidence, np.float64).ravel()
     correct = np.asarray(correct, np.float64).ravel()
     if confidence.shape != correct.shape or confidence.size == 0:
-        raise ValueError(f"confidence and correct must be non-empty and of one shape, got {confidence.shape} "
-                         f"and {correct.shape}")
+        raise ValueError(
+            f"confidence and correct must be non-empty and of one shape, got {confidence.shape} "
+            f"and {correct.shape}"
+        )
     bins = np.minimum((confidence * num_bins).astype(int), num_bins - 1)
     error = 0.0
     for b in range(num_bins):

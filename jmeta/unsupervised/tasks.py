@@ -51,7 +51,9 @@ class Partitions(NamedTuple):
         return self.counts >= self.min_size
 
 
-def cluster_members(labels: jax.Array, num_clusters: int, max_members: int) -> tuple[jax.Array, jax.Array]:
+def cluster_members(
+    labels: jax.Array, num_clusters: int, max_members: int
+) -> tuple[jax.Array, jax.Array]:
     """Padded member lists of one partition: ``members (C, M)`` and ``counts (C,)``.
 
     ``labels`` ``(n,)`` holds cluster ids in ``0..C-1`` or ``-1``; ``max_members`` (static)
@@ -77,16 +79,28 @@ def make_partitions(labels: Any, num_clusters: int, min_size: int) -> Partitions
     valid = np.asarray(labels)
     if valid.max() >= num_clusters:
         raise ValueError(f"labels hold cluster {valid.max()} but num_clusters is {num_clusters}")
-    largest = max(1, max(int(np.bincount(row[row >= 0], minlength=1).max(initial=0)) for row in valid))
+    largest = max(
+        1, max(int(np.bincount(row[row >= 0], minlength=1).max(initial=0)) for row in valid)
+    )
     # A power of two: partitions of other sizes then share compiled samplers.
     largest = 1 << (largest - 1).bit_length()
     members, counts = jax.vmap(lambda row: cluster_members(row, num_clusters, largest))(labels)
     return Partitions(labels, members, counts, check_positive_int("min_size", min_size))
 
 
-def cactus_partitions(key: Any, embedding: Any, num_clusters: int, num_partitions: int, min_size: int,
-                      min_usable: int, *, max_redraws: int = 10, n_init: int = 1, max_iter: int = 100,
-                      cluster: Callable | None = None) -> tuple[Partitions, jax.Array]:
+def cactus_partitions(
+    key: Any,
+    embedding: Any,
+    num_clusters: int,
+    num_partitions: int,
+    min_size: int,
+    min_usable: int,
+    *,
+    max_redraws: int = 10,
+    n_init: int = 1,
+    max_iter: int = 100,
+    cluster: Callable | None = None,
+) -> tuple[Partitions, jax.Array]:
     """CACTUs' ``P`` k-means partitions of ``embedding`` ``(n, d)``.
 
     Partition 0 clusters the embedding as it is, partition ``p > 0`` the embedding with
@@ -125,7 +139,9 @@ def cactus_partitions(key: Any, embedding: Any, num_clusters: int, num_partition
                 factors = jnp.ones_like(factors)
             scaled = embedding * factors[None, :]
             if cluster is None:
-                partition_labels = kmeans(kmeans_key, scaled, num_clusters, n_init=n_init, max_iter=max_iter).labels
+                partition_labels = kmeans(
+                    kmeans_key, scaled, num_clusters, n_init=n_init, max_iter=max_iter
+                ).labels
             else:
                 partition_labels = cluster(kmeans_key, scaled, partition)
             kept = np.asarray(partition_labels)
@@ -133,9 +149,11 @@ def cactus_partitions(key: Any, embedding: Any, num_clusters: int, num_partition
             if usable >= min_usable:
                 break
         else:
-            raise ValueError(f"partition {partition}: only {usable} of num_clusters = {num_clusters} clusters have "
-                             f"shots + queries = {min_size} points or more after {max_redraws} redraws, but "
-                             f"ways = {min_usable} are needed; use fewer clusters, ways, shots or queries, or more data")
+            raise ValueError(
+                f"partition {partition}: only {usable} of num_clusters = {num_clusters} clusters have "
+                f"shots + queries = {min_size} points or more after {max_redraws} redraws, but "
+                f"ways = {min_usable} are needed; use fewer clusters, ways, shots or queries, or more data"
+            )
         labels.append(partition_labels)
         scales.append(factors)
     return make_partitions(jnp.stack(labels), num_clusters, min_size), jnp.stack(scales)
@@ -147,11 +165,15 @@ def check_task_shape(partitions: Partitions, ways: int, shots: int, queries: int
     check_positive_int("shots", shots)
     check_positive_int("queries", queries)
     if shots + queries > partitions.min_size:
-        raise ValueError(f"shots + queries = {shots + queries} but the partitions were built for clusters of "
-                         f"min_size = {partitions.min_size}")
+        raise ValueError(
+            f"shots + queries = {shots + queries} but the partitions were built for clusters of "
+            f"min_size = {partitions.min_size}"
+        )
     usable = np.asarray(partitions.usable).sum(axis=1)
     if usable.max() < ways:
-        raise ValueError(f"ways = {ways} but no partition has more than {usable.max()} usable clusters")
+        raise ValueError(
+            f"ways = {ways} but no partition has more than {usable.max()} usable clusters"
+        )
 
 
 def random_shift(key: jax.Array, image: jax.Array, max_shift: int) -> jax.Array:
@@ -161,8 +183,18 @@ def random_shift(key: jax.Array, image: jax.Array, max_shift: int) -> jax.Array:
     return jax.lax.dynamic_slice(padded, (offsets[0], offsets[1], 0), image.shape)
 
 
-def draw_task(key: jax.Array, data: jax.Array, members: jax.Array, counts: jax.Array, eligible: jax.Array,
-              min_size: int, ways: int, shots: int, queries: int, max_shift: int = 0) -> Task:
+def draw_task(
+    key: jax.Array,
+    data: jax.Array,
+    members: jax.Array,
+    counts: jax.Array,
+    eligible: jax.Array,
+    min_size: int,
+    ways: int,
+    shots: int,
+    queries: int,
+    max_shift: int = 0,
+) -> Task:
     """One pseudo-labelled task, a pure function of arrays (``make_pseudo_task_sampler``'s body).
 
     ``members``/``counts`` are ``Partitions`` fields, ``eligible`` the indices of the
@@ -174,19 +206,28 @@ def draw_task(key: jax.Array, data: jax.Array, members: jax.Array, counts: jax.A
     def draw_members(key, cluster_members, count):
         # Random scores with the padding scored below every real member: the top
         # ``per_class`` are distinct members, uniformly drawn without replacement.
-        scores = jnp.where(jnp.arange(max_members) < count, jax.random.uniform(key, (max_members,)), -1.0)
+        scores = jnp.where(
+            jnp.arange(max_members) < count, jax.random.uniform(key, (max_members,)), -1.0
+        )
         return cluster_members[jax.lax.top_k(scores, per_class)[1]]
 
     partition_key, cluster_key, member_key, label_key, shift_key = jax.random.split(key, 5)
     partition = eligible[jax.random.randint(partition_key, (), 0, eligible.shape[0])]
     weights = (counts[partition] >= min_size).astype(jnp.float32)
-    clusters = jax.random.choice(cluster_key, weights.shape[0], (ways,), replace=False, p=weights / weights.sum())
-    points = jax.vmap(draw_members)(jax.random.split(member_key, ways), members[partition, clusters],
-                                    counts[partition, clusters])
+    clusters = jax.random.choice(
+        cluster_key, weights.shape[0], (ways,), replace=False, p=weights / weights.sum()
+    )
+    points = jax.vmap(draw_members)(
+        jax.random.split(member_key, ways),
+        members[partition, clusters],
+        counts[partition, clusters],
+    )
     examples = data[points]
     if max_shift:
         keys = jax.random.split(shift_key, points.shape)
-        examples = jax.vmap(jax.vmap(lambda k, image: random_shift(k, image, max_shift)))(keys, examples)
+        examples = jax.vmap(jax.vmap(lambda k, image: random_shift(k, image, max_shift)))(
+            keys, examples
+        )
     return episode_from_classes(label_key, examples, shots)
 
 
@@ -195,8 +236,9 @@ def eligible_partitions(partitions: Partitions, ways: int) -> jax.Array:
     return jnp.asarray(np.flatnonzero(np.asarray(partitions.usable).sum(axis=1) >= ways))
 
 
-def make_pseudo_task_sampler(data: Any, partitions: Partitions, ways: int, shots: int, queries: int, *,
-                             max_shift: int = 0) -> TaskSampler:
+def make_pseudo_task_sampler(
+    data: Any, partitions: Partitions, ways: int, shots: int, queries: int, *, max_shift: int = 0
+) -> TaskSampler:
     """Returns ``sample(key) -> Task`` of one pseudo-labelled N-way K-shot task.
 
     The task's inputs are rows of ``data`` (``(n, ...)``: images or features, whatever the
@@ -212,14 +254,20 @@ def make_pseudo_task_sampler(data: Any, partitions: Partitions, ways: int, shots
     check_task_shape(partitions, ways, shots, queries)
     data = jnp.asarray(data)
     if data.shape[0] != partitions.labels.shape[1]:
-        raise ValueError(f"data has {data.shape[0]} rows but the partitions cover {partitions.labels.shape[1]} points")
+        raise ValueError(
+            f"data has {data.shape[0]} rows but the partitions cover {partitions.labels.shape[1]} points"
+        )
     max_shift = check_non_negative_int("max_shift", max_shift)
     if max_shift and data.ndim != 4:
-        raise ValueError(f"max_shift = {max_shift} translates images (n, H, W, C); data has shape {data.shape}")
+        raise ValueError(
+            f"max_shift = {max_shift} translates images (n, H, W, C); data has shape {data.shape}"
+        )
     eligible = eligible_partitions(partitions, ways)
     members, counts, min_size = partitions.members, partitions.counts, partitions.min_size
 
     def sample(key: jax.Array) -> Task:
-        return draw_task(key, data, members, counts, eligible, min_size, ways, shots, queries, max_shift)
+        return draw_task(
+            key, data, members, counts, eligible, min_size, ways, shots, queries, max_shift
+        )
 
     return sample

@@ -42,7 +42,9 @@ def check_data(name: str, x: Any, dtype: Any = None) -> jax.Array:
         finite = bool(jnp.all(jnp.isfinite(array)))
         if not finite:
             bad = int(jnp.size(array) - jnp.count_nonzero(jnp.isfinite(array)))
-            raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf); clean the data first")
+            raise ValueError(
+                f"{name} contains {bad} non-finite value(s) (NaN or inf); clean the data first"
+            )
     return array
 
 
@@ -50,8 +52,10 @@ def check_num_clusters(num_clusters: Any, num_samples: int, name: str = "num_clu
     """``num_clusters`` as an int in ``[1, num_samples]``."""
     num_clusters = check_positive_int(name, num_clusters)
     if num_clusters > num_samples:
-        raise ValueError(f"{name}={num_clusters} is larger than the number of samples, {num_samples}; "
-                         f"expected at most {num_samples}")
+        raise ValueError(
+            f"{name}={num_clusters} is larger than the number of samples, {num_samples}; "
+            f"expected at most {num_samples}"
+        )
     return num_clusters
 
 
@@ -71,8 +75,10 @@ def check_sample_weight(sample_weight: Any, num_samples: int) -> np.ndarray:
         return np.ones(num_samples)
     weights = np.asarray(sample_weight, dtype=np.float64)
     if weights.shape != (num_samples,):
-        raise ValueError(f"sample_weight must have shape ({num_samples},), one weight per sample, "
-                         f"got shape {weights.shape}")
+        raise ValueError(
+            f"sample_weight must have shape ({num_samples},), one weight per sample, "
+            f"got shape {weights.shape}"
+        )
     if not np.all(np.isfinite(weights)):
         raise ValueError("sample_weight contains NaN or inf; expected finite non-negative weights")
     if np.any(weights < 0):
@@ -86,7 +92,11 @@ def check_key(key: Any) -> jax.Array:
     """A JAX PRNG key; an int seed is turned into ``jax.random.key(seed)``."""
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
         return jax.random.key(int(key))
-    if isinstance(key, jax.Array) and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-                                        or (key.dtype == jnp.uint32 and key.shape == (2,))):
+    if isinstance(key, jax.Array) and (
+        jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        or (key.dtype == jnp.uint32 and key.shape == (2,))
+    ):
         return key
-    raise ValueError(f"key must be a JAX PRNG key (jax.random.key(seed)) or an int seed, got {key!r}")
+    raise ValueError(
+        f"key must be a JAX PRNG key (jax.random.key(seed)) or an int seed, got {key!r}"
+    )

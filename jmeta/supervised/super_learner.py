@@ -1,7 +1,7 @@
 """The Super Learner (van der Laan, Polley and Hubbard 2007) as scikit-learn estimators.
 
 Each base learner is fitted on K-fold splits and predicts the rows it did not see; the
-learning strategy (weights over base learners, ``jmeta.stacking``) is fitted on those
+learning strategy (weights over base learners, ``jmeta.supervised.stacking``) is fitted on those
 out-of-fold predictions — never on in-sample ones, which would hand the weight to
 whichever learner memorises — and the base learners are then refitted on all the data.
 
@@ -20,8 +20,8 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from jmeta.stacking import fit_strategy, stacked_prediction
 from jmeta.strategy import strategy_weights
+from jmeta.supervised.stacking import fit_strategy, stacked_prediction
 
 
 def default_classifiers(seed: int = 0) -> list[tuple[str, BaseEstimator]]:
@@ -33,10 +33,12 @@ def default_classifiers(seed: int = 0) -> list[tuple[str, BaseEstimator]]:
     from sklearn.preprocessing import StandardScaler
     from sklearn.tree import DecisionTreeClassifier
 
-    return [("decision_tree", DecisionTreeClassifier(max_depth=5, random_state=seed)),
-            ("logistic_regression", make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))),
-            ("k_nearest_neighbours", make_pipeline(StandardScaler(), KNeighborsClassifier())),
-            ("naive_bayes", GaussianNB())]
+    return [
+        ("decision_tree", DecisionTreeClassifier(max_depth=5, random_state=seed)),
+        ("logistic_regression", make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))),
+        ("k_nearest_neighbours", make_pipeline(StandardScaler(), KNeighborsClassifier())),
+        ("naive_bayes", GaussianNB()),
+    ]
 
 
 def default_regressors(seed: int = 0) -> list[tuple[str, BaseEstimator]]:
@@ -47,9 +49,11 @@ def default_regressors(seed: int = 0) -> list[tuple[str, BaseEstimator]]:
     from sklearn.preprocessing import StandardScaler
     from sklearn.tree import DecisionTreeRegressor
 
-    return [("decision_tree", DecisionTreeRegressor(max_depth=5, random_state=seed)),
-            ("ridge", make_pipeline(StandardScaler(), Ridge())),
-            ("k_nearest_neighbours", make_pipeline(StandardScaler(), KNeighborsRegressor()))]
+    return [
+        ("decision_tree", DecisionTreeRegressor(max_depth=5, random_state=seed)),
+        ("ridge", make_pipeline(StandardScaler(), Ridge())),
+        ("k_nearest_neighbours", make_pipeline(StandardScaler(), KNeighborsRegressor())),
+    ]
 
 
 def _named(base_learners) -> list[tuple[str, BaseEstimator]]:
@@ -60,7 +64,9 @@ def _named(base_learners) -> list[tuple[str, BaseEstimator]]:
     for item in base_learners:
         name, estimator = item if isinstance(item, tuple) else (type(item).__name__.lower(), item)
         if not hasattr(estimator, "fit"):
-            raise TypeError(f"base_learners: {name!r} is a {type(estimator).__name__}, not an estimator with fit()")
+            raise TypeError(
+                f"base_learners: {name!r} is a {type(estimator).__name__}, not an estimator with fit()"
+            )
         seen[name] = seen.get(name, 0) + 1
         named.append((name if seen[name] == 1 else f"{name}_{seen[name]}", estimator))
     return named
@@ -69,8 +75,18 @@ def _named(base_learners) -> list[tuple[str, BaseEstimator]]:
 class _SuperLearner(BaseEstimator):
     """Shared fitting; subclasses say how a base learner predicts and how rows are scored."""
 
-    def __init__(self, base_learners=None, activation="softmax", loss=None, optimizer="lbfgs", learning_rate=0.05,
-                 n_folds=5, max_iter=100, seed=0, keep_best=True):
+    def __init__(
+        self,
+        base_learners=None,
+        activation="softmax",
+        loss=None,
+        optimizer="lbfgs",
+        learning_rate=0.05,
+        n_folds=5,
+        max_iter=100,
+        seed=0,
+        keep_best=True,
+    ):
         self.base_learners = base_learners
         self.activation = activation
         self.loss = loss
@@ -84,19 +100,30 @@ class _SuperLearner(BaseEstimator):
     def _check_params(self):
         if self.activation not in ("softmax", "sigmoid"):
             raise ValueError(f"activation must be 'softmax' or 'sigmoid', got {self.activation!r}")
-        if isinstance(self.n_folds, bool) or not isinstance(self.n_folds, (int, np.integer)) or self.n_folds < 2:
+        if (
+            isinstance(self.n_folds, bool)
+            or not isinstance(self.n_folds, (int, np.integer))
+            or self.n_folds < 2
+        ):
             raise ValueError(f"n_folds must be an integer >= 2, got {self.n_folds!r}")
 
     def _fit(self, X, targets, splitter, default_learners):
-        named = _named(default_learners(self.seed) if self.base_learners is None else self.base_learners)
+        named = _named(
+            default_learners(self.seed) if self.base_learners is None else self.base_learners
+        )
         folds = list(splitter.split(X, targets))
         out_of_fold = np.zeros((len(named),) + self._prediction_shape(len(targets)), np.float32)
         for train, test in folds:
             for index, (_, estimator) in enumerate(named):
                 fitted = clone(estimator).fit(X[train], targets[train])
                 out_of_fold[index, test] = self._base_predict(fitted, X[test])
-        options = dict(activation=self.activation, loss=self.loss_, optimizer=self.optimizer,
-                       learning_rate=self.learning_rate, num_iterations=self.max_iter)
+        options = dict(
+            activation=self.activation,
+            loss=self.loss_,
+            optimizer=self.optimizer,
+            learning_rate=self.learning_rate,
+            num_iterations=self.max_iter,
+        )
         logits, _ = fit_strategy(out_of_fold, targets, **options)
 
         # The strategy's own cross-validated loss: weights refitted without the rows scored.
@@ -104,40 +131,55 @@ class _SuperLearner(BaseEstimator):
         for train, test in folds:
             fold_logits, _ = fit_strategy(out_of_fold[:, train], targets[train], **options)
             strategy_rows[test] = self._row_losses(fold_logits, out_of_fold[:, test], targets[test])
-        single_losses = [float(self._row_losses(None, out_of_fold[i], targets).mean()) for i in range(len(named))]
+        single_losses = [
+            float(self._row_losses(None, out_of_fold[i], targets).mean()) for i in range(len(named))
+        ]
 
         self.names_ = [name for name, _ in named]
         self.estimators_ = [clone(estimator).fit(X, targets) for _, estimator in named]
         self.strategy_logits_ = logits
         self.n_iter_ = self.max_iter  # the strategy's optimizer always runs max_iter steps
-        self.weights_ = dict(zip(self.names_, np.asarray(strategy_weights(logits, self.activation)).tolist()))
+        self.weights_ = dict(
+            zip(self.names_, np.asarray(strategy_weights(logits, self.activation)).tolist())
+        )
         self.cv_losses_ = dict(zip(self.names_, single_losses))
         self.strategy_cv_loss_ = float(strategy_rows.mean())
-        self.cv_scores_ = {name: self._score_rows(out_of_fold[i], targets) for i, name in enumerate(self.names_)}
+        self.cv_scores_ = {
+            name: self._score_rows(out_of_fold[i], targets) for i, name in enumerate(self.names_)
+        }
         best = int(np.argmin(single_losses))
         self.best_learner_ = self.names_[best]
         self.improvement_ = single_losses[best] - self.strategy_cv_loss_
         self.kept_ = "strategy" if self.improvement_ > 0 else self.best_learner_
-        winner, loser = ("the learned strategy", self.best_learner_) if self.kept_ == "strategy" else (
-            self.best_learner_, "the learned strategy")
-        self.summary_ = (f"{winner} wins: cross-validated {self.loss_} {min(single_losses[best], self.strategy_cv_loss_):.4f} "
-                         f"against {max(single_losses[best], self.strategy_cv_loss_):.4f} for {loser} "
-                         f"(by {abs(self.improvement_):.4f}); weights "
-                         + ", ".join(f"{n}={w:.3f}" for n, w in self.weights_.items()))
+        winner, loser = (
+            ("the learned strategy", self.best_learner_)
+            if self.kept_ == "strategy"
+            else (self.best_learner_, "the learned strategy")
+        )
+        self.summary_ = (
+            f"{winner} wins: cross-validated {self.loss_} {min(single_losses[best], self.strategy_cv_loss_):.4f} "
+            f"against {max(single_losses[best], self.strategy_cv_loss_):.4f} for {loser} "
+            f"(by {abs(self.improvement_):.4f}); weights "
+            + ", ".join(f"{n}={w:.3f}" for n, w in self.weights_.items())
+        )
         return self
 
     def _row_losses(self, logits, predictions, targets) -> np.ndarray:
         """Per-row loss of a single learner's predictions (``logits=None``) or of the strategy."""
         if logits is None:
             return self._loss_per_row(predictions, targets)
-        return self._loss_per_row(np.asarray(stacked_prediction(logits, predictions, self.activation)), targets)
+        return self._loss_per_row(
+            np.asarray(stacked_prediction(logits, predictions, self.activation)), targets
+        )
 
     def _combined(self, X) -> np.ndarray:
         check_is_fitted(self, "estimators_")
         X = validate_data(self, X, reset=False)
         if self.keep_best and self.kept_ != "strategy":
             return self._base_predict(self.estimators_[self.names_.index(self.kept_)], X)
-        predictions = np.stack([self._base_predict(e, X) for e in self.estimators_]).astype(np.float32)
+        predictions = np.stack([self._base_predict(e, X) for e in self.estimators_]).astype(
+            np.float32
+        )
         return np.asarray(stacked_prediction(self.strategy_logits_, predictions, self.activation))
 
 
@@ -169,15 +211,21 @@ class SuperLearnerClassifier(ClassifierMixin, _SuperLearner):
         check_classification_targets(y)
         self.classes_, targets = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
-            raise ValueError(f"y has 1 class ({self.classes_[0]!r}); a classifier needs at least 2 classes")
+            raise ValueError(
+                f"y has 1 class ({self.classes_[0]!r}); a classifier needs at least 2 classes"
+            )
         self.loss_ = "ce" if self.loss is None else self.loss
         if self.loss_ not in ("ce", "mse"):
             raise ValueError(f"loss must be 'ce' or 'mse', got {self.loss!r}")
         smallest = int(np.bincount(targets).min())
         if smallest < 2:
-            raise ValueError(f"every class needs at least 2 examples for cross-validation; class "
-                             f"{self.classes_[np.argmin(np.bincount(targets))]!r} has {smallest}")
-        splitter = StratifiedKFold(min(self.n_folds, smallest), shuffle=True, random_state=self.seed)
+            raise ValueError(
+                f"every class needs at least 2 examples for cross-validation; class "
+                f"{self.classes_[np.argmin(np.bincount(targets))]!r} has {smallest}"
+            )
+        splitter = StratifiedKFold(
+            min(self.n_folds, smallest), shuffle=True, random_state=self.seed
+        )
         return self._fit(X, targets, splitter, default_classifiers)
 
     def _prediction_shape(self, rows):

@@ -37,8 +37,14 @@ def stacked_prediction(logits: jax.Array, predictions: jax.Array, activation: st
     return combined
 
 
-def strategy_loss(logits: jax.Array, predictions: jax.Array, targets: jax.Array, row_weights: jax.Array,
-                  activation: str, loss: str) -> jax.Array:
+def strategy_loss(
+    logits: jax.Array,
+    predictions: jax.Array,
+    targets: jax.Array,
+    row_weights: jax.Array,
+    activation: str,
+    loss: str,
+) -> jax.Array:
     """Weighted mean loss of the strategy: squared error, Brier score or cross-entropy.
 
     For probabilities, ``targets`` are class indices; ``"mse"`` is then the Brier score
@@ -57,31 +63,52 @@ def strategy_loss(logits: jax.Array, predictions: jax.Array, targets: jax.Array,
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_fit(activation: str, loss: str, optimizer: str, learning_rate: float, num_iterations: int):
+def _compiled_fit(
+    activation: str, loss: str, optimizer: str, learning_rate: float, num_iterations: int
+):
     transformation = make_optimizer(optimizer, learning_rate)
 
     @jax.jit
     def fit(predictions, targets, row_weights):
-        objective = lambda logits: strategy_loss(logits, predictions, targets, row_weights, activation, loss)
-        logits, losses, _ = minimise(objective, jnp.zeros(predictions.shape[0], predictions.dtype), transformation,
-                                     num_iterations)
+        objective = lambda logits: strategy_loss(
+            logits, predictions, targets, row_weights, activation, loss
+        )
+        logits, losses, _ = minimise(
+            objective,
+            jnp.zeros(predictions.shape[0], predictions.dtype),
+            transformation,
+            num_iterations,
+        )
         return logits, losses
 
     return fit
 
 
-def _pad_rows(predictions: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pad_rows(
+    predictions: np.ndarray, targets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rows = predictions.shape[1]
     padded = 1 << max(rows - 1, 1).bit_length()
     pad = padded - rows
     predictions = np.pad(predictions, [(0, 0), (0, pad)] + [(0, 0)] * (predictions.ndim - 2))
     targets = np.pad(targets, [(0, pad)])
-    return predictions, targets, np.concatenate([np.ones(rows), np.zeros(pad)]).astype(predictions.dtype)
+    return (
+        predictions,
+        targets,
+        np.concatenate([np.ones(rows), np.zeros(pad)]).astype(predictions.dtype),
+    )
 
 
-def fit_strategy(predictions, targets, *, activation: str = "softmax", loss: str = "mse",
-                 optimizer: str | optax.GradientTransformation = "lbfgs", learning_rate: float = 0.05,
-                 num_iterations: int = 100) -> tuple[np.ndarray, np.ndarray]:
+def fit_strategy(
+    predictions,
+    targets,
+    *,
+    activation: str = "softmax",
+    loss: str = "mse",
+    optimizer: str | optax.GradientTransformation = "lbfgs",
+    learning_rate: float = 0.05,
+    num_iterations: int = 100,
+) -> tuple[np.ndarray, np.ndarray]:
     """Learns the strategy logits that minimise ``loss`` of the stacked prediction.
 
     Args:
@@ -103,12 +130,18 @@ def fit_strategy(predictions, targets, *, activation: str = "softmax", loss: str
     check_choice("loss", loss, STACKING_LOSSES)
     num_iterations = check_positive_int("num_iterations", num_iterations)
     if predictions.ndim not in (2, 3) or predictions.shape[0] < 1:
-        raise ValueError(f"predictions must have shape (learners, rows) or (learners, rows, classes), got {predictions.shape}")
+        raise ValueError(
+            f"predictions must have shape (learners, rows) or (learners, rows, classes), got {predictions.shape}"
+        )
     if targets.shape != (predictions.shape[1],):
-        raise ValueError(f"targets must have shape ({predictions.shape[1]},) to match predictions {predictions.shape}, "
-                         f"got {targets.shape}")
+        raise ValueError(
+            f"targets must have shape ({predictions.shape[1]},) to match predictions {predictions.shape}, "
+            f"got {targets.shape}"
+        )
     if loss == "ce" and predictions.ndim != 3:
-        raise ValueError("loss='ce' needs class probabilities of shape (learners, rows, classes); use 'mse' for regression")
+        raise ValueError(
+            "loss='ce' needs class probabilities of shape (learners, rows, classes); use 'mse' for regression"
+        )
     check_finite("predictions", predictions)
     check_finite("targets", targets)
     targets = targets.astype(np.int32 if predictions.ndim == 3 else np.float32)
@@ -116,6 +149,8 @@ def fit_strategy(predictions, targets, *, activation: str = "softmax", loss: str
     if isinstance(optimizer, str):
         fit = _compiled_fit(activation, loss, optimizer, float(learning_rate), num_iterations)
     else:
-        fit = _compiled_fit.__wrapped__(activation, loss, optimizer, float(learning_rate), num_iterations)
+        fit = _compiled_fit.__wrapped__(
+            activation, loss, optimizer, float(learning_rate), num_iterations
+        )
     logits, losses = fit(padded_predictions, padded_targets, row_weights)
     return np.asarray(logits), np.asarray(losses)

@@ -2,7 +2,7 @@
 
 * **Fixed base learners** (scikit-learn estimators): ``fit(X, y)`` stacks them with a
   learned strategy on out-of-fold predictions — the Super Learner
-  (``jmeta.super_learner``).
+  (``jmeta.supervised.super_learner``).
 * **Differentiable base learners across tasks** (``jmeta.Learner``): ``train(Xs, Ys, Xt,
   Yt)`` adapts every base learner to each task with inner gradient steps and learns the
   initial weights, the meta learning rate (one learned inner rate per learner) and the
@@ -48,10 +48,21 @@ class SupervisedMetaLearner:
       verbose: print the summary after fitting or training.
     """
 
-    def __init__(self, base_learners: Sequence[Any], *, activation: str = "softmax", loss: str = "ce",
-                 optimizer: str | optax.GradientTransformation = "lbfgs", n_folds: int = 5, max_iter: int = 100,
-                 lr: float = 0.01, num_inner_steps: int = 1, inner_lr: float = 0.01, seed: int = 0,
-                 verbose: bool = False):
+    def __init__(
+        self,
+        base_learners: Sequence[Any],
+        *,
+        activation: str = "softmax",
+        loss: str = "ce",
+        optimizer: str | optax.GradientTransformation = "lbfgs",
+        n_folds: int = 5,
+        max_iter: int = 100,
+        lr: float = 0.01,
+        num_inner_steps: int = 1,
+        inner_lr: float = 0.01,
+        seed: int = 0,
+        verbose: bool = False,
+    ):
         if base_learners is None or len(base_learners) == 0:
             raise ValueError("base_learners must hold at least one base learner, got none")
         self.base_learners = list(base_learners)
@@ -72,16 +83,30 @@ class SupervisedMetaLearner:
         ``loss="ce"`` or when every base learner is a classifier, regressors otherwise)."""
         from sklearn.base import is_classifier
 
-        from jmeta.super_learner import SuperLearnerClassifier, SuperLearnerRegressor
+        from jmeta.supervised.super_learner import SuperLearnerClassifier, SuperLearnerRegressor
 
         if any(isinstance(item, Learner) for item in self.base_learners):
-            raise TypeError("fit() stacks scikit-learn estimators; for jmeta.Learner base learners use train()")
+            raise TypeError(
+                "fit() stacks scikit-learn estimators; for jmeta.Learner base learners use train()"
+            )
         estimators = [item[1] if isinstance(item, tuple) else item for item in self.base_learners]
         classify = self.loss == "ce" or all(is_classifier(e) for e in estimators)
         kind = SuperLearnerClassifier if classify else SuperLearnerRegressor
-        self.model_ = kind(self.base_learners, activation=self.activation, loss=self.loss, optimizer=self.optimizer,
-                           learning_rate=self.lr, n_folds=self.n_folds, max_iter=self.max_iter, seed=self.seed).fit(X, y)
-        self.weights_, self.kept_, self.summary_ = self.model_.weights_, self.model_.kept_, self.model_.summary_
+        self.model_ = kind(
+            self.base_learners,
+            activation=self.activation,
+            loss=self.loss,
+            optimizer=self.optimizer,
+            learning_rate=self.lr,
+            n_folds=self.n_folds,
+            max_iter=self.max_iter,
+            seed=self.seed,
+        ).fit(X, y)
+        self.weights_, self.kept_, self.summary_ = (
+            self.model_.weights_,
+            self.model_.kept_,
+            self.model_.summary_,
+        )
         self.scores_ = self.model_.cv_scores_
         if self.verbose:
             print(self.summary_)
@@ -112,13 +137,22 @@ class SupervisedMetaLearner:
         """
         learners = tuple(self.base_learners)
         if not all(isinstance(l, Learner) for l in learners):
-            raise TypeError("train() needs jmeta.Learner base learners (e.g. jmeta.mlp_learner); "
-                            "for scikit-learn estimators use fit()")
-        tasks = Task(Batch(jnp.asarray(Xs), jnp.asarray(Ys)), Batch(jnp.asarray(Xt), jnp.asarray(Yt)))
+            raise TypeError(
+                "train() needs jmeta.Learner base learners (e.g. jmeta.mlp_learner); "
+                "for scikit-learn estimators use fit()"
+            )
+        tasks = Task(
+            Batch(jnp.asarray(Xs), jnp.asarray(Ys)), Batch(jnp.asarray(Xt), jnp.asarray(Yt))
+        )
         validate_tasks(tasks)
         epochs = check_positive_int("max_iter", self.max_iter if max_iter is None else max_iter)
-        config = MetaLearnerConfig(num_inner_steps=self.num_inner_steps, inner_lr=self.inner_lr, inner_rate="scalar",
-                                   loss=self.loss, activation=self.activation)
+        config = MetaLearnerConfig(
+            num_inner_steps=self.num_inner_steps,
+            inner_lr=self.inner_lr,
+            inner_rate="scalar",
+            loss=self.loss,
+            activation=self.activation,
+        )
         meta_learner = make_meta_learner(learners, config)
         start = meta_learner.init()
         trainable = meta_learner.trainable(start)
@@ -128,7 +162,9 @@ class SupervisedMetaLearner:
             return meta_learner.evaluate(meta_params, tasks, self.num_inner_steps)[metric][:, -1]
 
         optimizer = make_optimizer(self.optimizer, self.lr if lr is None else lr)
-        objective = lambda meta_params: meta_learner.meta_loss(frozen_where(meta_params, trainable), tasks)[0]
+        objective = lambda meta_params: meta_learner.meta_loss(
+            frozen_where(meta_params, trainable), tasks
+        )[0]
         # All epochs run inside one jitted scan (no per-epoch Python work), so there is no
         # progress to report until it returns.
         run = jax.jit(lambda p: minimise(objective, p, optimizer, epochs, record=test_metric))
@@ -136,26 +172,39 @@ class SupervisedMetaLearner:
         losses = np.asarray(losses)
         if not np.all(np.isfinite(losses)):
             epoch = int(np.argmin(np.isfinite(losses)))
-            raise FloatingPointError(f"meta-training diverged: the meta-loss became {losses[epoch]} at epoch {epoch}; "
-                                     f"lower lr (now {self.lr if lr is None else lr}) or inner_lr (now {self.inner_lr}), "
-                                     f"or use fewer num_inner_steps (now {self.num_inner_steps})")
+            raise FloatingPointError(
+                f"meta-training diverged: the meta-loss became {losses[epoch]} at epoch {epoch}; "
+                f"lower lr (now {self.lr if lr is None else lr}) or inner_lr (now {self.inner_lr}), "
+                f"or use fewer num_inner_steps (now {self.num_inner_steps})"
+            )
 
         self.meta_learner_, self.meta_params_ = meta_learner, meta_params
         names = [l.name for l in learners]
-        self.weights_ = dict(zip(names, np.asarray(strategy_weights(meta_params.strategy, self.activation)).tolist()))
-        self.inner_lr_ = dict(zip(names, [float(jnp.exp(r)) for r in meta_params.inner_lr]))
+        self.weights_ = dict(
+            zip(names, np.asarray(strategy_weights(meta_params.strategy, self.activation)).tolist())
+        )
+        self.inner_lr_ = dict(zip(names, [float(jnp.exp(r)) for r in meta_params.log_inner_lr]))
         better = (lambda a, b: a > b) if metric == "accuracy" else (lambda a, b: a < b)
         strategy_score = float(np.mean(per_task[-1]))
         self.scores_ = {"strategy": strategy_score}
         for index, name in enumerate(names):
             self.scores_[name] = float(jnp.mean(test_metric(_all_weight_on(meta_params, index))))
-        best = max(names, key=lambda n: self.scores_[n]) if metric == "accuracy" else min(names, key=self.scores_.get)
-        self.kept_ = "strategy" if len(names) > 1 and better(strategy_score, self.scores_[best]) else best
+        best = (
+            max(names, key=lambda n: self.scores_[n])
+            if metric == "accuracy"
+            else min(names, key=self.scores_.get)
+        )
+        self.kept_ = (
+            "strategy" if len(names) > 1 and better(strategy_score, self.scores_[best]) else best
+        )
         label = "test accuracy" if metric == "accuracy" else "test MSE"
-        self.summary_ = (f"{'the learned strategy' if self.kept_ == 'strategy' else self.kept_} wins: {label} "
-                         f"{strategy_score:.4f} (strategy) against {self.scores_[best]:.4f} ({best}); weights "
-                         + ", ".join(f"{n}={w:.3f}" for n, w in self.weights_.items())
-                         + "; meta learning rates " + ", ".join(f"{n}={r:.4f}" for n, r in self.inner_lr_.items()))
+        self.summary_ = (
+            f"{'the learned strategy' if self.kept_ == 'strategy' else self.kept_} wins: {label} "
+            f"{strategy_score:.4f} (strategy) against {self.scores_[best]:.4f} ({best}); weights "
+            + ", ".join(f"{n}={w:.3f}" for n, w in self.weights_.items())
+            + "; meta learning rates "
+            + ", ".join(f"{n}={r:.4f}" for n, r in self.inner_lr_.items())
+        )
         if self.verbose:
             print(self.summary_)
         self.history_ = {"loss": losses, "test_metric": np.asarray(per_task)}
@@ -171,14 +220,22 @@ class SupervisedMetaLearner:
             from sklearn.exceptions import NotFittedError
 
             raise NotFittedError("call train() before score_tasks()")
-        tasks = Task(Batch(jnp.asarray(Xs), jnp.asarray(Ys)), Batch(jnp.asarray(Xt), jnp.asarray(Yt)))
+        tasks = Task(
+            Batch(jnp.asarray(Xs), jnp.asarray(Ys)), Batch(jnp.asarray(Xt), jnp.asarray(Yt))
+        )
         names = list(self.weights_)
-        chosen = learner if learner is not None else (None if self.kept_ == "strategy" else self.kept_)
+        chosen = (
+            learner if learner is not None else (None if self.kept_ == "strategy" else self.kept_)
+        )
         meta_params = self.meta_params_
         if chosen is not None:
-            meta_params = _all_weight_on(meta_params, names.index(check_choice("learner", chosen, names)))
+            meta_params = _all_weight_on(
+                meta_params, names.index(check_choice("learner", chosen, names))
+            )
         metric = "accuracy" if self.loss == "ce" else "loss"
-        return np.asarray(self.meta_learner_.evaluate(meta_params, tasks, self.num_inner_steps)[metric][:, -1])
+        return np.asarray(
+            self.meta_learner_.evaluate(meta_params, tasks, self.num_inner_steps)[metric][:, -1]
+        )
 
 
 def _all_weight_on(meta_params, index: int):
