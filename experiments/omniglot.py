@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from jmeta import algorithms
+from jmeta.config import MetaTraining
 from jmeta.data import load_omniglot
 from jmeta.data.omniglot import ClassImages
 from jmeta.evaluate import evaluate, evaluation_tasks
@@ -35,7 +36,7 @@ from jmeta.protonet import make_protonet
 from jmeta.runs import RunDir
 from jmeta.stats import format_mean_ci, markdown_table, mean_ci95
 from jmeta.tasks import make_episode_sampler
-from jmeta.training import check_schedule, train
+from jmeta.training import train
 from jmeta.validation import check_fields
 
 SHARED = os.path.join(
@@ -44,7 +45,7 @@ SHARED = os.path.join(
 
 
 @dataclasses.dataclass(frozen=True)
-class Training:
+class Training(MetaTraining):
     """How ``train_model`` meta-trains: the fields that ``omniglot`` and ``omniglot-runs`` share.
 
     ``train_ways`` is the prototypical network's training episode width; a gradient-based
@@ -69,6 +70,26 @@ class Training:
     log_every: int = 50
     checkpoint_every: int = 500
 
+    def check(self) -> None:
+        """Refuses a bad training field by name before any data is read or step compiled
+        (a bad value otherwise surfaced after minutes of training, under an internal name)."""
+        super().check()
+        check_fields(
+            self,
+            positive_ints=(
+                "image_size",
+                "filters",
+                "train_shots",
+                "queries",
+                "maml_num_inner_steps",
+                "maml_meta_batch",
+                "maml_num_steps",
+            ),
+            positive_floats=("maml_inner_lr",),
+            at_least_two=("train_ways",),
+        )
+        execution_preset(self.execution)
+
 
 @dataclasses.dataclass(frozen=True)
 class Config(Training):
@@ -90,29 +111,6 @@ def parse_setting(text: str) -> tuple[int, int]:
     if ways < 2 or shots < 1:
         raise ValueError(f"settings: {text!r} needs at least 2 ways and 1 shot")
     return ways, shots
-
-
-def check_training(config: Training) -> None:
-    """Refuses a bad training field by name before any data is read or step compiled
-    (a bad value otherwise surfaced after minutes of training, under an internal name)."""
-    check_fields(
-        config,
-        positive_ints=(
-            "image_size",
-            "filters",
-            "train_shots",
-            "queries",
-            "num_steps",
-            "meta_batch",
-            "maml_num_inner_steps",
-            "maml_meta_batch",
-            "maml_num_steps",
-        ),
-        positive_floats=("outer_lr", "maml_inner_lr"),
-        at_least_two=("train_ways",),
-    )
-    check_schedule(config.num_steps, config.log_every, config.checkpoint_every)
-    execution_preset(config.execution)
 
 
 def unseen_alphabets(background: ClassImages, evaluation: ClassImages) -> ClassImages:
@@ -219,7 +217,6 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     for method in config.methods:
         if method != "protonet":
             algorithms.algorithm_config(method)
-    check_training(config)
     check_fields(config, positive_ints=("eval_tasks", "plot_episodes"))
     background = load_omniglot(config.background, config.image_size, config.cache)
     evaluation = unseen_alphabets(

@@ -162,7 +162,6 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
         raise ValueError(
             "runs: give the one-shot runs zip or folder, e.g. jmeta run omniglot-runs runs=all_runs.zip"
         )
-    omniglot.check_training(config)
     models = [m for m in config.methods if m not in BASELINES]
     for method in models:
         if method != "protonet" and method not in algorithms.ALGORITHMS:

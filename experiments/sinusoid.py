@@ -20,13 +20,14 @@ import jax
 import jax.numpy as jnp
 
 from jmeta import algorithms
+from jmeta.config import MetaTraining
 from jmeta.evaluate import evaluate, summarise
 from jmeta.models import mlp_learner
 from jmeta.objective import make_meta_learner
 from jmeta.runs import RunDir
 from jmeta.stats import csv_table, format_mean_ci, markdown_table
 from jmeta.tasks import make_sinusoid_sampler, sample_tasks, sinusoid_curve
-from jmeta.training import check_schedule, train
+from jmeta.training import train
 from jmeta.validation import check_fields
 
 PUBLISHED_K5 = {"maml": (0.67, 0.38, 0.35), "pretrained": (2.41, 2.23, 2.19)}
@@ -43,7 +44,7 @@ LABELS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(MetaTraining):
     methods: tuple[str, ...] = ("maml", "metasgd", "maml_lr")
     shots: tuple[int, ...] = (5, 10, 20)
     num_steps: int = 20000
@@ -63,6 +64,32 @@ class Config:
     seed: int = 0
     log_every: int = 250
     checkpoint_every: int = 5000
+
+    def check(self) -> None:
+        super().check()
+        for method in self.methods:
+            algorithms.algorithm_config(method)  # unknown names fail before any training
+        # Bad values fail by their field's name, not after training (outer_lr=nan trained silently).
+        check_fields(
+            self,
+            positive_ints=(
+                "shots",
+                "queries",
+                "num_inner_steps",
+                "hidden",
+                "train_shots_for_anchor",
+                "anchor_shots",
+                "eval_tasks",
+                "eval_queries",
+                "eval_steps",
+                "plot_tasks",
+            ),
+            positive_floats=("inner_lr",),
+        )
+        if self.train_shots_for_anchor not in self.shots:
+            raise ValueError(
+                f"train_shots_for_anchor ({self.train_shots_for_anchor}) must be one of shots {self.shots}"
+            )
 
 
 def _train(config: Config, run: RunDir, method: str, shots: int, progress: bool):
@@ -169,32 +196,6 @@ def _row(method: str, shots: int, scores: dict, steps: tuple[int, ...]) -> list[
 
 
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
-    for method in config.methods:
-        algorithms.algorithm_config(method)  # unknown names fail before any training
-    # Bad values fail here, by their field's name, not after training (outer_lr=nan trained silently).
-    check_fields(
-        config,
-        positive_ints=(
-            "shots",
-            "num_steps",
-            "meta_batch",
-            "queries",
-            "num_inner_steps",
-            "hidden",
-            "train_shots_for_anchor",
-            "anchor_shots",
-            "eval_tasks",
-            "eval_queries",
-            "eval_steps",
-            "plot_tasks",
-        ),
-        positive_floats=("inner_lr", "outer_lr"),
-    )
-    check_schedule(config.num_steps, config.log_every, config.checkpoint_every)
-    if config.train_shots_for_anchor not in config.shots:
-        raise ValueError(
-            f"train_shots_for_anchor ({config.train_shots_for_anchor}) must be one of shots {config.shots}"
-        )
     table, models = {}, {}
     for shots in config.shots:
         for method in config.methods + (

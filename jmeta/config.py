@@ -1,10 +1,48 @@
-"""Experiment configs are dataclasses; this module overrides their fields from ``field=value`` text."""
+"""Experiment configs are dataclasses: ``MetaTraining``, the settings every meta-training
+experiment shares, and ``override`` / ``from_record``, which set their fields from
+``field=value`` text and from a saved ``config.json``."""
 
 from __future__ import annotations
 
 import dataclasses
 import typing
 from typing import Any
+
+from jmeta.training import check_schedule
+from jmeta.validation import check_fields
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaTraining:
+    """The meta-training settings every meta-training experiment's config starts from.
+
+    A config checks its fields when it is made (``check``, which subclasses extend), so a bad
+    value on the command line fails by its name before any data is read or step compiled.
+
+    Attributes:
+      num_steps: outer steps.
+      meta_batch: tasks per outer step.
+      outer_lr: the outer optimizer's learning rate (Adam).
+      seed: the base seed of the run.
+      log_every: metrics are logged every ``log_every`` steps.
+      checkpoint_every: the state is saved every ``checkpoint_every`` steps (a multiple of
+        ``log_every``).
+    """
+
+    num_steps: int = 1000
+    meta_batch: int = 4
+    outer_lr: float = 0.001
+    seed: int = 0
+    log_every: int = 100
+    checkpoint_every: int = 1000
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Raises ``ValueError`` naming the first bad field."""
+        check_fields(self, positive_ints=("num_steps", "meta_batch"), positive_floats=("outer_lr",))
+        check_schedule(self.num_steps, self.log_every, self.checkpoint_every)
 
 
 def _parse(field: str, text: str, kind: Any) -> Any:

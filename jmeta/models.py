@@ -59,9 +59,7 @@ class Linear(nn.Module):
         return nn.Dense(self.out_features, name="head")(x)
 
 
-def make_learner(
-    name: str, module: nn.Module, key: jax.Array, sample_x: jax.Array, *, adapt: str = "all"
-) -> Learner:
+def make_learner(name: str, module: nn.Module, key: jax.Array, sample_x: jax.Array) -> Learner:
     """Initialises ``module`` on ``sample_x`` and splits it into a ``Learner``.
 
     Args:
@@ -69,13 +67,12 @@ def make_learner(
       module: a Flax module mapping a batch of inputs to outputs.
       key: PRNG key for the initial parameters.
       sample_x: an input batch with the right per-example shape.
-      adapt: ``"all"`` adapts every parameter in the inner loop, ``"head"`` only the
-        parameters under a submodule named ``head`` (ANIL).
+
+    Every parameter adapts in the inner loop; ANIL (only the ``head`` submodule adapts) is
+    switched on in one place, ``MetaLearnerConfig(adapt="head")``.
     """
     params = module.init(key, sample_x)["params"]
-    return Learner(
-        name, lambda p, x: module.apply({"params": p}, x), params, head_mask(params, adapt)
-    )
+    return Learner(name, lambda p, x: module.apply({"params": p}, x), params)
 
 
 def head_mask(params: Any, adapt: str) -> Any:
@@ -98,7 +95,6 @@ def mlp_learner(
     hidden: Sequence[int] = (40, 40),
     out_features: int = 1,
     *,
-    adapt: str = "all",
     name: str = "mlp",
 ) -> Learner:
     """The MAML sinusoid network by default: 1-40-40-1 with ReLU."""
@@ -107,7 +103,7 @@ def mlp_learner(
         tuple(check_positive_int("hidden", h) for h in hidden),
         check_positive_int("out_features", out_features),
     )
-    return make_learner(name, module, key, jnp.zeros((1, in_features), jnp.float32), adapt=adapt)
+    return make_learner(name, module, key, jnp.zeros((1, in_features), jnp.float32))
 
 
 def linear_learner(
@@ -251,7 +247,6 @@ def conv4_learner(
     strided: bool = False,
     conv: str = "im2col",
     keep_patches: bool | None = None,
-    adapt: str = "all",
     name: str = "conv4",
 ) -> Learner:
     """Conv4 as a base learner; ``ways=0`` gives the embedding network of prototypical networks.
@@ -276,12 +271,10 @@ def conv4_learner(
             f"got image_shape {tuple(image_shape)}; use strided=True or larger images"
         )
     module = Conv4(ways, check_positive_int("filters", filters), strided, conv, keep_patches)
-    return make_learner(name, module, key, jnp.zeros((2, *image_shape), jnp.float32), adapt=adapt)
+    return make_learner(name, module, key, jnp.zeros((2, *image_shape), jnp.float32))
 
 
-def with_linear_head(
-    embedding: Learner, sample_x: jax.Array, ways: int, *, adapt: str = "all"
-) -> Learner:
+def with_linear_head(embedding: Learner, sample_x: jax.Array, ways: int) -> Learner:
     """``embedding`` followed by a linear ``head`` of ``ways`` outputs, for the MAML family.
 
     The params are ``{"body": embedding.params, "head": {"kernel", "bias"}}``, so the body
@@ -299,4 +292,4 @@ def with_linear_head(
     def apply_fn(p, x):
         return embedding.apply_fn(p["body"], x) @ p["head"]["kernel"] + p["head"]["bias"][None, :]
 
-    return Learner(f"{embedding.name}+head", apply_fn, params, head_mask(params, adapt))
+    return Learner(f"{embedding.name}+head", apply_fn, params)

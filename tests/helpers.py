@@ -28,3 +28,18 @@ def small_mlp(seed=0, hidden=(8, 8), dtype=jnp.float32, **kwargs):
         for p, k in zip(leaves, keys)
     ]
     return learner._replace(params=jax.tree_util.tree_unflatten(treedef, leaves))
+
+
+def assert_refused_before_work(tmp_path, monkeypatch, experiment, field, message, work):
+    """``jmeta run EXPERIMENT field`` fails with ``message`` before ``work`` (a name in the
+    experiment's module) is called: a bad field is named before any data is read or trained."""
+    import pytest
+
+    from jmeta.cli import load_experiment, run_experiment
+
+    if work is not None:
+        monkeypatch.setattr(
+            load_experiment(experiment), work, lambda *a, **k: pytest.fail("worked before checking")
+        )
+    with pytest.raises(ValueError, match=message):
+        run_experiment(experiment, str(tmp_path / "run"), [field], progress=False)

@@ -492,7 +492,9 @@ class UnsupervisedMetaLearner:
     def _pseudo_task_scores(self, key, partitions, data, meta_params) -> dict:
         sampler = make_pseudo_task_sampler(data, partitions, self.ways, self.shots, self.queries)
         tasks = sample_tasks(sampler, key, 64)
-        metrics = self._scorer(self.ways)(meta_params, tasks)
+        metrics = evaluate(
+            self._meta_learner_for(self.ways), meta_params, tasks, self.num_inner_steps, chunk=0
+        )
         return {
             "meta_loss": float(np.mean(metrics["loss"][:, -1])),
             "pseudo_accuracy": float(np.mean(metrics["accuracy"][:, -1])),
