@@ -1,4 +1,5 @@
-"""A figure of a few few-shot episodes: the support set, then each query with its predicted class."""
+"""A figure of a few few-shot episodes: the support set, then each query with its predicted
+class."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def plot_episodes(
     ways: int = 5,
     queries: int = 2,
 ) -> None:
-    """Saves ``episodes`` ``ways``-way 1-shot episodes of class-indexed ``images``; ``predict(task)``
+    """Saves ``episodes`` ``ways``-way 1-shot episodes of class-indexed ``images``;
+    ``predict(task)``
     returns the predicted query labels of one task. Right predictions are green, wrong red."""
     import matplotlib
 

@@ -55,7 +55,8 @@ def load_maml(source: str = "") -> type | None:
         or not (package / "utils" / "__init__.py").is_file()
     ):
         raise ValueError(
-            f"learn2learn must be a learn2learn source folder holding learn2learn/algorithms/maml.py "
+            "learn2learn must be a learn2learn source folder holding "
+            "learn2learn/algorithms/maml.py "
             f"and learn2learn/utils/__init__.py (the unpacked sdist), got {source!r}"
         )
     loaded = sys.modules.get("learn2learn")
@@ -190,7 +191,8 @@ def learn2learn_conv4_maml(
 
 
 def sinusoid_maml_loop(config) -> dict | None:
-    """learn2learn-style MAML: a Python loop over tasks with ``autograd.grad(create_graph=True)``."""
+    """learn2learn-style MAML: a Python loop over tasks with
+    ``autograd.grad(create_graph=True)``."""
     try:
         import torch
     except ImportError:

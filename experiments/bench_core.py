@@ -330,6 +330,7 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     )
     write_results(run, "bench_core", results, table)
     print(
-        f"\nCore benchmark on {machine['processor']} ({machine['cpu_count']} cores, {machine['backend']})\n\n{table}"
+        f"\nCore benchmark on {machine['processor']} ({machine['cpu_count']} cores, "
+        f"{machine['backend']})\n\n{table}"
     )
     return results

@@ -8,7 +8,8 @@ Expected: per Lloyd iteration, jmeta at or below scikit-learn's seconds at 20k x
           scikit-learn's; the ratios are in ``ratios`` of the JSON.
 
 The Lloyd workloads also time ``n_init=restarts`` k-means++ fits (one ``vmap``) against
-as many single fits one after another, both jmeta. Each workload runs both libraries on the same float32 data, rows alternating in rounds
+as many single fits one after another, both jmeta. Each workload runs both libraries on the same
+float32 data, rows alternating in rounds
 (this machine's speed drifts 10-30%), and keeps each row's fastest round. Lloyd rows run
 ``lloyd_iters`` iterations from the same initial centres with ``tol=0``; their seconds
 per iteration are the fit's seconds over its ``n_iter_``. Compile seconds are the first
@@ -60,7 +61,8 @@ def _shape(text: str, name: str) -> tuple[int, int, int]:
 
 
 def _data(rows: int, features: int, seed: int) -> np.ndarray:
-    """Gaussian blobs (float32): 100 random centres, unit spread, so clusters overlap like real data."""
+    """Gaussian blobs (float32): 100 random centres, unit spread, so clusters overlap like real
+    data."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((100, features)) * 3
     return (centres[rng.integers(0, 100, rows)] + rng.standard_normal((rows, features))).astype(

@@ -1,4 +1,5 @@
-"""scikit-learn's "A demo of K-Means clustering on the handwritten digits data", jmeta beside scikit-learn.
+"""scikit-learn's "A demo of K-Means clustering on the handwritten digits data", jmeta beside
+scikit-learn.
 
 Command:  jmeta run kmeans-digits
 Runtime:  about 20 seconds on a 2-core laptop CPU (most of it compiling).

@@ -208,7 +208,8 @@ def _plot(config, meta_learner, meta_params, data, path):
         path,
         episodes=config.plot_episodes,
         key=jax.random.key(config.seed + 7),
-        title="5-way 1-shot episodes on unseen alphabets: support (left), queries with predicted class",
+        title="5-way 1-shot episodes on unseen alphabets: support (left), queries with predicted "
+        "class",
     )
 
 
@@ -274,8 +275,10 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     method, (meta_learner, meta_params) = first
     _plot(config, meta_learner, meta_params, evaluation, run.file("episodes.png"))
     print(
-        f"\nOmniglot: trained on {len(background.class_names)} characters of {', '.join(background.group_names)}; "
-        f"tested on {len(evaluation.class_names)} characters of unseen {', '.join(evaluation.group_names)} "
+        f"\nOmniglot: trained on {len(background.class_names)} characters of "
+        f"{', '.join(background.group_names)}; "
+        f"tested on {len(evaluation.class_names)} characters of unseen "
+        f"{', '.join(evaluation.group_names)} "
         f"(accuracy, mean ± 95% CI over {config.eval_tasks} tasks)\n\n{table}"
     )
     return {

@@ -75,7 +75,8 @@ def _baseline_predictions(method: str, training: np.ndarray, test: np.ndarray) -
 
 
 def _twenty_way_model(config: Config, run: RunDir, method: str, background, progress: bool):
-    """``(meta_learner, meta_params)`` of ``method`` for 20-way runs: trained, or the checkpoint's."""
+    """``(meta_learner, meta_params)`` of ``method`` for 20-way runs: trained, or the
+    checkpoint's."""
     ways = config.train_ways if method == "protonet" else 20
     stage = f"{method}-{ways}way"
     if config.checkpoint:
@@ -160,7 +161,8 @@ def _plot_run(one_run, predictions: dict, path: str) -> None:
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     if not config.runs:
         raise ValueError(
-            "runs: give the one-shot runs zip or folder, e.g. jmeta run omniglot-runs runs=all_runs.zip"
+            "runs: give the one-shot runs zip or folder, e.g. jmeta run omniglot-runs "
+            "runs=all_runs.zip"
         )
     models = [m for m in config.methods if m not in BASELINES]
     for method in models:

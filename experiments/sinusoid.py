@@ -88,12 +88,14 @@ class Config(MetaTraining):
         )
         if self.train_shots_for_anchor not in self.shots:
             raise ValueError(
-                f"train_shots_for_anchor ({self.train_shots_for_anchor}) must be one of shots {self.shots}"
+                f"train_shots_for_anchor ({self.train_shots_for_anchor}) must be one of shots "
+                f"{self.shots}"
             )
 
 
 def _train(config: Config, run: RunDir, method: str, shots: int, progress: bool):
-    """Meta-trains one model (or the pretrained baseline) and returns its meta-learner and params."""
+    """Meta-trains one model (or the pretrained baseline) and returns its meta-learner and
+    params."""
     key = jax.random.key(config.seed)
     learner = mlp_learner(jax.random.fold_in(key, 0), hidden=config.hidden)
     algorithm = "maml" if method == "pretrained" else method

@@ -89,7 +89,10 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     )
     weights = ", ".join(f"{n}={w:.3f}" for n, w in result["weights"]["softmax"].items())
     kept = {k: result["kept"]["softmax"].count(k) for k in set(result["kept"]["softmax"])}
-    table += f"\nMean learned weights: {weights}\nKept by cross-validation (times out of {config.n_repeats}): {kept}\n"
+    table += (
+        f"\nMean learned weights: {weights}\n"
+        f"Kept by cross-validation (times out of {config.n_repeats}): {kept}\n"
+    )
     with open(run.file("table.md"), "w") as f:
         f.write(table)
     print("\n" + table)

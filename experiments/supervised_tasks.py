@@ -123,7 +123,8 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     with open(run.file("table.md"), "w") as f:
         f.write(table)
     print(
-        f"\nHeld-out tasks ({config.test_tasks} per family, {config.shots} shots, {config.num_inner_steps} inner step), "
+        f"\nHeld-out tasks ({config.test_tasks} per family, {config.shots} shots, "
+        f"{config.num_inner_steps} inner step), "
         f"MSE mean ± 95% CI\n\n{table}"
     )
     return results

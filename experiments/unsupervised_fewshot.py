@@ -166,7 +166,8 @@ def load_split(config: Config) -> tuple[np.ndarray, np.ndarray, ClassImages, str
             )
             description = (
                 f"fit on characters 0-{config.holdout_from - 1}, tested on the "
-                f"{total - config.holdout_from} characters of the alphabets from row {config.holdout_from}"
+                f"{total - config.holdout_from} characters of the alphabets from row "
+                f"{config.holdout_from}"
             )
         classes, drawers = background.images.shape[:2]
         return (
@@ -242,7 +243,8 @@ def _logistic_regression(ways: int):
 
 
 def baseline_accuracies(method: str, tasks: Task, ways: int, projection=None) -> np.ndarray:
-    """Per-task query accuracy of a label-free baseline: ``pixels-nn``, ``pca-nn`` or ``pca-logreg``."""
+    """Per-task query accuracy of a label-free baseline: ``pixels-nn``, ``pca-nn`` or
+    ``pca-logreg``."""
     support_x, query_x = _flat(tasks.support.x), _flat(tasks.query.x)
     if method.startswith("pca"):
         project = jax.vmap(lambda x: pca_transform(projection, x))
@@ -321,7 +323,8 @@ def _summary(accuracies: np.ndarray) -> dict:
 
 
 def make_model(config: Config, image_shape: tuple, progress: bool) -> UnsupervisedMetaLearner:
-    """The unsupervised meta-learner of ``config`` over conv4 (stride-2 convolutions, ``filters`` channels)."""
+    """The unsupervised meta-learner of ``config`` over conv4 (stride-2 convolutions, ``filters``
+    channels)."""
     learner = conv4_learner(
         jax.random.key(config.seed), image_shape, ways=0, filters=config.filters, strided=True
     )
@@ -450,7 +453,8 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
         run.file("episodes.png"),
         episodes=config.plot_episodes,
         key=jax.random.key(config.seed + 7),
-        title="5-way 1-shot test episodes after unsupervised meta-training: support (left), predictions",
+        title="5-way 1-shot test episodes after unsupervised meta-training: support (left), "
+        "predictions",
         ways=min(5, test.images.shape[0]),
     )
     times = {
@@ -463,8 +467,10 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
         "eval_and_baselines_s": eval_s,
     }
     print(
-        f"\n{config.dataset}: {description}; query accuracy % (mean ± 95% CI over {config.eval_tasks} tasks; "
-        f"from scratch over {config.scratch_tasks})\n\n{table}\nper round ({round_ways}-way {round_shots}-shot "
+        f"\n{config.dataset}: {description}; query accuracy % (mean ± 95% CI over "
+        f"{config.eval_tasks} tasks; "
+        f"from scratch over {config.scratch_tasks})\n\n{table}\nper round ({round_ways}-way "
+        f"{round_shots}-shot "
         f"held-out accuracy over {config.round_tasks} tasks)\n\n{history_table}\n"
         + ", ".join(f"{k} {v:.0f}" for k, v in times.items())
     )

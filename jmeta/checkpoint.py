@@ -99,6 +99,7 @@ def load_pytree(path: str | os.PathLike, like: Any) -> Any:
         if leaf.shape != reference.shape or leaf.dtype != reference.dtype:
             raise ValueError(
                 f"checkpoint {path} array {index} is {leaf.dtype}{list(leaf.shape)}, expected "
-                f"{reference.dtype}{list(reference.shape)}: it was written by a different configuration"
+                f"{reference.dtype}{list(reference.shape)}: it was written by a different "
+                "configuration"
             )
     return jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(leaf) for leaf in leaves])

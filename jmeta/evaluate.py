@@ -49,7 +49,8 @@ class SampledTasks(NamedTuple):
 def evaluation_tasks(
     sampler: TaskSampler, key: jax.Array, num_tasks: int, *, chunk: int = 100
 ) -> SampledTasks:
-    """Fixed evaluation tasks from a key (drawn lazily, ``chunk`` at a time); see ``SampledTasks``."""
+    """Fixed evaluation tasks from a key (drawn lazily, ``chunk`` at a time); see
+    ``SampledTasks``."""
     return SampledTasks(
         sampler, key, check_positive_int("num_tasks", num_tasks), check_positive_int("chunk", chunk)
     )

@@ -1,4 +1,5 @@
-"""Losses the meta-objective and the inner loop minimise: per-task means, no reductions over tasks."""
+"""Losses the meta-objective and the inner loop minimise: per-task means, no reductions over
+tasks."""
 
 from __future__ import annotations
 

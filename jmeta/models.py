@@ -218,7 +218,8 @@ class Conv4(nn.Module):
         return nn.Dense(self.ways, name="head")(x) if self.ways else x
 
     def _first_block(self, x: jax.Array) -> jax.Array:
-        """Block 0 on grey or RGB input: the parameter tree of the other blocks, held as plain params
+        """Block 0 on grey or RGB input: the parameter tree of the other blocks, held as plain
+        params
         so that the im2col path can fuse the whole block (``ops.conv_norm_relu_pool``)."""
         conv = self.param("conv_0", _conv3x3_params(x.shape[-1], self.filters))
         norm = self.param(

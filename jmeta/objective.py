@@ -7,7 +7,8 @@ happens in the optimizer, so frozen parts still get (unused) gradients and every
 differentiable for tests and analysis.
 
 The single-task loss is written first and vmapped over the task axis in one place,
-``over_tasks``, with meta-parameters broadcast and tasks mapped. How that vmap and the inner scan are
+``over_tasks``, with meta-parameters broadcast and tasks mapped. How that vmap and the inner scan
+are
 scheduled (tasks in chunks, the first inner step peeled) is a ``jmeta.execution.Execution``
 passed beside the config: it changes speed, never a value.
 """
@@ -143,8 +144,8 @@ def mean_task_grad(task_loss: Callable, meta_loss: Callable, chunk: int = 0) -> 
     Without chunks it is the gradient of ``meta_loss``. With chunks each chunk is
     differentiated inside the ``lax.map`` and the per-task gradients are averaged: a
     gradient taken outside the map would keep every chunk's activations for one backward
-    pass, which is the working set chunking is there to avoid (conv4 MAML on 2 CPU cores:
-    3.7 s per step that way, 2.3 s this way).
+    pass, which is the working set chunking is there to avoid (measured in
+    ``experiments/results/BENCHMARK_NOTES.md``).
     """
     if not chunk:
 

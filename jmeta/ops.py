@@ -59,7 +59,8 @@ def _same_padding(size: int, stride: int) -> tuple[int, int, int]:
 
 
 def _patches(x: jax.Array, stride: int) -> jax.Array:
-    """im2col: the 3x3 SAME neighbourhoods of ``x`` (N, H, W, C) as (N, H', W', 9 C), (i, j, c) order.
+    """im2col: the 3x3 SAME neighbourhoods of ``x`` (N, H, W, C) as (N, H', W', 9 C), (i, j, c)
+    order.
 
     Built as stacks of three on non-minor axes, then a reshape: XLA:CPU never fuses a
     concatenation along the minor axis or of more than eight operands, so nine slices
@@ -114,7 +115,8 @@ ROW_PATCH_MAX_POSITIONS = 2048
 
 
 def _uses_row_patches(x: jax.Array) -> bool:
-    """Whether the stride-1 ``conv3x3`` of ``x`` takes the row-patch path: a small batch, more than 3 channels.
+    """Whether the stride-1 ``conv3x3`` of ``x`` takes the row-patch path: a small batch, more than
+    3 channels.
 
     With grey or RGB input the row patches would feed a matmul of depth 9 or less.
     """
@@ -122,7 +124,8 @@ def _uses_row_patches(x: jax.Array) -> bool:
 
 
 def _row_patches(x: jax.Array) -> jax.Array:
-    """The three horizontal taps of every row of the SAME-padded ``x``: (N, H + 2, W, 3 C), (j, c) order."""
+    """The three horizontal taps of every row of the SAME-padded ``x``: (N, H + 2, W, 3 C), (j, c)
+    order."""
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     width = x.shape[-2]
     taps = jnp.stack([padded[:, :, j : j + width] for j in range(3)], axis=-2)
@@ -130,7 +133,8 @@ def _row_patches(x: jax.Array) -> jax.Array:
 
 
 def _row_patch_conv(x: jax.Array, rows: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``conv3x3(x, kernel)`` as one matmul of the row patches ``rows`` of ``x`` with all three kernel rows,
+    """``conv3x3(x, kernel)`` as one matmul of the row patches ``rows`` of ``x`` with all three
+    kernel rows,
     then a shifted sum.
 
     Output row y is the sum over kernel rows i of (row patches of padded row y + i) @ kernel[i].
@@ -144,7 +148,8 @@ def _row_patch_conv(x: jax.Array, rows: jax.Array, kernel: jax.Array) -> jax.Arr
 
 
 def _row_patch_kernel_grad(x: jax.Array, rows: jax.Array, cotangent: jax.Array) -> jax.Array:
-    """The kernel gradient of ``_row_patch_conv``: the row patches against the cotangent shifted by each kernel row."""
+    """The kernel gradient of ``_row_patch_conv``: the row patches against the cotangent shifted by
+    each kernel row."""
     height = x.shape[-3]
     padded = jnp.pad(cotangent, ((0, 0), (2, 2), (0, 0), (0, 0)))
     shifted = jnp.stack(
@@ -155,7 +160,8 @@ def _row_patch_kernel_grad(x: jax.Array, rows: jax.Array, cotangent: jax.Array) 
 
 
 def _columns(x: jax.Array) -> jax.Array:
-    """What the stride-1 ``conv3x3`` of ``x`` multiplies its kernel with: row patches or im2col patches."""
+    """What the stride-1 ``conv3x3`` of ``x`` multiplies its kernel with: row patches or im2col
+    patches."""
     return _row_patches(x) if _uses_row_patches(x) else _patches(x, 1)
 
 
@@ -195,7 +201,8 @@ def _conv3x3_same_backward(keep_patches, residuals, cotangent):
 
 
 def _flip(kernel: jax.Array) -> jax.Array:
-    """The kernel whose SAME convolution is the transpose of ``kernel``'s: flipped, channels swapped."""
+    """The kernel whose SAME convolution is the transpose of ``kernel``'s: flipped, channels
+    swapped."""
     return jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
 
 
@@ -203,7 +210,8 @@ def _flip(kernel: jax.Array) -> jax.Array:
 def _conv3x3_kernel_grad(
     x: jax.Array, columns: jax.Array | None, cotangent: jax.Array
 ) -> jax.Array:
-    """The kernel gradient of ``conv3x3(x, kernel)`` for an output cotangent: ``patches.T @ cotangent``.
+    """The kernel gradient of ``conv3x3(x, kernel)`` for an output cotangent: ``patches.T @
+    cotangent``.
 
     ``columns`` is ``_columns(x)`` computed already, or None to compute it here. It is a
     cache of a function of ``x``: the gradient with respect to ``x`` counts the path through it.
@@ -270,7 +278,8 @@ def conv_norm_relu_pool(
     *,
     keep_patches: bool = False,
 ) -> jax.Array:
-    """``TaskBatchNorm(relu_pool=True)`` of ``conv3x3(x, kernel) + bias`` for inputs with few channels.
+    """``TaskBatchNorm(relu_pool=True)`` of ``conv3x3(x, kernel) + bias`` for inputs with few
+    channels.
 
     The batch statistics of the convolution's output are computed from the mean and
     covariance of the input's 3x3 patches (a 9C x 9C matrix; small for grey or RGB images),

@@ -58,7 +58,8 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
 
 
 def check_finite(name: str, array: Any) -> None:
-    """Raises if a concrete array holds NaN or infinity (a host-side check, not for use under jit)."""
+    """Raises if a concrete array holds NaN or infinity (a host-side check, not for use under
+    jit)."""
     values = np.asarray(array)
     if values.dtype.kind in "fc" and not np.all(np.isfinite(values)):
         bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))

@@ -1,4 +1,5 @@
-"""The N-way K-shot episode sampler: shapes, labels, class disjointness, rotations, groups, errors."""
+"""The N-way K-shot episode sampler: shapes, labels, class disjointness, rotations, groups,
+errors."""
 
 import jax
 import jax.numpy as jnp

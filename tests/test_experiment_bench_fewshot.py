@@ -21,7 +21,7 @@ def test_fewshot_benchmark_writes_json(tmp_path):
         "min_seconds=0.05",
         "matmul_size=64",
         "torch_baseline=false",
-        "task_chunks=1",
+        "task_chunk=1",
     ]
     results = run_experiment("bench-fewshot", str(tmp_path / "bench"), overrides, progress=False)
     written = json.loads((tmp_path / "bench" / "bench_fewshot.json").read_text())
@@ -30,7 +30,7 @@ def test_fewshot_benchmark_writes_json(tmp_path):
     }
     assert set(written["jmeta"]) == names == set(results["jmeta"])
     # The measurement history lives in experiments/results/BENCHMARK_NOTES.md, not in every JSON.
-    assert "notes" not in written and written["config"]["task_chunks"] == [1]
+    assert "notes" not in written and written["config"]["task_chunk"] == [1]
     for measured in written["jmeta"].values():
         assert measured["meta_steps_per_second"] > 0 and measured["flops_per_step"] > 0
         assert measured["compile_seconds"] == pytest.approx(
@@ -75,7 +75,7 @@ def test_fewshot_benchmark_alternates_jmeta_rows_with_the_pytorch_loop(tmp_path,
         "filters=4",
         "min_seconds=0",
         "matmul_size=64",
-        "task_chunks=0",
+        "task_chunk=0",
     ]
     results = run_experiment("bench-fewshot", str(tmp_path / "bench"), overrides, progress=False)
     torch_row, jmeta_row = results["torch_loop"]["maml 1 step"], results["jmeta"]["maml 1 step"]
@@ -108,9 +108,9 @@ def test_fewshot_benchmark_alternates_jmeta_rows_with_the_pytorch_loop(tmp_path,
         ("matmul_size=0", "matmul_size must be a positive integer, got 0"),
         ("ways=1", "ways must be an integer >= 2, got 1"),
         ("num_inner_steps=1,0", "num_inner_steps must be a positive integer, got 0"),
-        ("task_chunks=-2", "task_chunks must be a non-negative integer, got -2"),
+        ("task_chunk=-2", "task_chunk must be a non-negative integer, got -2"),
         ("min_seconds=-1", "min_seconds must be a finite number >= 0, got -1"),
-        ("convs=cudnn", "unknown convs 'cudnn'; expected one of 'im2col', 'xla'"),
+        ("conv=cudnn", "unknown conv 'cudnn'; expected one of 'im2col', 'xla'"),
     ],
 )
 def test_fewshot_benchmark_refuses_a_bad_field_before_measuring(
@@ -166,7 +166,7 @@ def test_fewshot_benchmark_times_learn2learn_from_a_source_without_the_pytorch_l
         "filters=4",
         "min_seconds=0",
         "matmul_size=64",
-        "task_chunks=0",
+        "task_chunk=0",
         "torch_baseline=false",
         "learn2learn=/src/learn2learn-0.2.0",
     ]
@@ -210,7 +210,7 @@ def test_fewshot_benchmark_keeps_the_groups_it_timed_when_a_later_group_fails(
         "filters=4",
         "min_seconds=0",
         "matmul_size=64",
-        "task_chunks=0",
+        "task_chunk=0",
         "torch_baseline=false",
     ]
     with pytest.raises(RuntimeError, match="second group"):
@@ -223,7 +223,8 @@ def test_fewshot_benchmark_keeps_the_groups_it_timed_when_a_later_group_fails(
 
 @pytest.fixture
 def fake_learn2learn(tmp_path):
-    """A learn2learn source tree in the sdist's layout whose package ``__init__`` files refuse to run."""
+    """A learn2learn source tree in the sdist's layout whose package ``__init__`` files refuse to
+    run."""
     root = tmp_path / "learn2learn-0.2.0"
     package = root / "learn2learn"
     for folder in (package / "algorithms", package / "utils"):

@@ -1,4 +1,5 @@
-"""The unsupervised meta-learner: pseudo-labelled tasks, self-training, the estimator, the experiment."""
+"""The unsupervised meta-learner: pseudo-labelled tasks, self-training, the estimator, the
+experiment."""
 
 import dataclasses
 
@@ -242,7 +243,8 @@ def test_tsne_projection_is_an_option():
         (
             {},
             np.zeros((8, 3)),
-            r"X has 8 points but one task needs ways \* \(shots \+ queries\) = 2 \* \(2 \+ 3\) = 10",
+            r"X has 8 points but one task needs ways \* \(shots \+ queries\) "
+            r"= 2 \* \(2 \+ 3\) = 10",
         ),
         ({"n_clusters": 1}, np.zeros((40, 3)), "n_clusters = 1 is below ways = 2"),
         ({}, np.full((40, 3), np.nan), "X contains NaN or inf"),

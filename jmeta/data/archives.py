@@ -92,7 +92,8 @@ def download(url: str, destination: str | os.PathLike, md5: str) -> str:
         digest = _md5(partial)
         if digest != md5:
             raise ValueError(
-                f"download of {url} has MD5 {digest}, expected {md5}: refusing a corrupt or different file"
+                f"download of {url} has MD5 {digest}, expected {md5}: refusing a corrupt or "
+                "different file"
             )
         os.replace(partial, destination)
     finally:

@@ -31,7 +31,8 @@ def class_indexed(x, y, examples_per_class: int | None = None) -> ClassImages:
     count = smallest if examples_per_class is None else examples_per_class
     if count > smallest:
         raise ValueError(
-            f"examples_per_class = {count} but class {labels[np.argmin([len(m) for m in members])]!r} "
+            f"examples_per_class = {count} but class "
+            f"{labels[np.argmin([len(m) for m in members])]!r} "
             f"has only {smallest} examples"
         )
     images = np.stack([x[m[:count]] for m in members])
@@ -80,6 +81,7 @@ def load_mnist(
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or labels.ndim != 1:
         raise ValueError(
-            f"expected images (n, rows, columns) and labels (n,), got {images.shape} and {labels.shape}"
+            f"expected images (n, rows, columns) and labels (n,), got {images.shape} and "
+            f"{labels.shape}"
         )
     return class_indexed((images / 255.0).astype(np.float32)[..., None], labels, examples_per_class)

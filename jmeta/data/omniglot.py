@@ -164,7 +164,8 @@ def _write_cache(cache_path: str, data: ClassImages) -> None:
         atomic_write_bytes(cache_path, buffer.getvalue())
     except OSError as error:
         warnings.warn(
-            f"could not write the Omniglot cache {cache_path} ({error}); reading from the archive each time"
+            f"could not write the Omniglot cache {cache_path} ({error}); reading from the archive "
+            "each time"
         )
 
 
@@ -223,7 +224,8 @@ def load_oneshot_runs(path: str | os.PathLike, image_size: int = 28) -> list[One
         ]
         if any(len(pair) != 2 for pair in pairs) or len(pairs) != len(test):
             raise ValueError(
-                f"{label_file}: expected {len(test)} lines 'runNN/test/item.png runNN/training/class.png'"
+                f"{label_file}: expected {len(test)} lines 'runNN/test/item.png "
+                "runNN/training/class.png'"
             )
         answer_of = {
             root + item: training.index(root + cls) for item, cls in pairs if root + cls in training

@@ -174,7 +174,8 @@ class SupervisedMetaLearner:
             epoch = int(np.argmin(np.isfinite(losses)))
             raise FloatingPointError(
                 f"meta-training diverged: the meta-loss became {losses[epoch]} at epoch {epoch}; "
-                f"lower lr (now {self.lr if lr is None else lr}) or inner_lr (now {self.inner_lr}), "
+                f"lower lr (now {self.lr if lr is None else lr}) or inner_lr (now "
+                f"{self.inner_lr}), "
                 f"or use fewer num_inner_steps (now {self.num_inner_steps})"
             )
 

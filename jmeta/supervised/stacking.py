@@ -131,16 +131,19 @@ def fit_strategy(
     num_iterations = check_positive_int("num_iterations", num_iterations)
     if predictions.ndim not in (2, 3) or predictions.shape[0] < 1:
         raise ValueError(
-            f"predictions must have shape (learners, rows) or (learners, rows, classes), got {predictions.shape}"
+            "predictions must have shape (learners, rows) or (learners, rows, classes), got "
+            f"{predictions.shape}"
         )
     if targets.shape != (predictions.shape[1],):
         raise ValueError(
-            f"targets must have shape ({predictions.shape[1]},) to match predictions {predictions.shape}, "
+            f"targets must have shape ({predictions.shape[1]},) to match predictions "
+            f"{predictions.shape}, "
             f"got {targets.shape}"
         )
     if loss == "ce" and predictions.ndim != 3:
         raise ValueError(
-            "loss='ce' needs class probabilities of shape (learners, rows, classes); use 'mse' for regression"
+            "loss='ce' needs class probabilities of shape (learners, rows, classes); use 'mse' for "
+            "regression"
         )
     check_finite("predictions", predictions)
     check_finite("targets", targets)

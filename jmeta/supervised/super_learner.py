@@ -25,7 +25,8 @@ from jmeta.supervised.stacking import fit_strategy, stacked_prediction
 
 
 def default_classifiers(seed: int = 0) -> list[tuple[str, BaseEstimator]]:
-    """The founding design's base learners: a decision tree, logistic regression, k-NN, naive Bayes."""
+    """The founding design's base learners: a decision tree, logistic regression, k-NN, naive
+    Bayes."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.naive_bayes import GaussianNB
     from sklearn.neighbors import KNeighborsClassifier
@@ -65,7 +66,8 @@ def _named(base_learners) -> list[tuple[str, BaseEstimator]]:
         name, estimator = item if isinstance(item, tuple) else (type(item).__name__.lower(), item)
         if not hasattr(estimator, "fit"):
             raise TypeError(
-                f"base_learners: {name!r} is a {type(estimator).__name__}, not an estimator with fit()"
+                f"base_learners: {name!r} is a {type(estimator).__name__}, not an estimator with "
+                "fit()"
             )
         seen[name] = seen.get(name, 0) + 1
         named.append((name if seen[name] == 1 else f"{name}_{seen[name]}", estimator))
@@ -157,7 +159,8 @@ class _SuperLearner(BaseEstimator):
             else (self.best_learner_, "the learned strategy")
         )
         self.summary_ = (
-            f"{winner} wins: cross-validated {self.loss_} {min(single_losses[best], self.strategy_cv_loss_):.4f} "
+            f"{winner} wins: cross-validated {self.loss_} "
+            f"{min(single_losses[best], self.strategy_cv_loss_):.4f} "
             f"against {max(single_losses[best], self.strategy_cv_loss_):.4f} for {loser} "
             f"(by {abs(self.improvement_):.4f}); weights "
             + ", ".join(f"{n}={w:.3f}" for n, w in self.weights_.items())

@@ -69,7 +69,8 @@ def validate_tasks(tasks: Task, *, batched: bool = True) -> None:
     for name, shape in shapes.items():
         if len(shape) < lead + 1:
             raise ValueError(
-                f"tasks.{name} must have {'a task axis and ' if batched else ''}an example axis, got shape {shape}"
+                f"tasks.{name} must have {'a task axis and ' if batched else ''}an example axis, "
+                f"got shape {shape}"
             )
         if shape[lead] == 0:
             raise ValueError(f"tasks.{name} has no examples (shape {shape})")
@@ -81,7 +82,8 @@ def validate_tasks(tasks: Task, *, batched: bool = True) -> None:
         x_shape, y_shape = shapes[f"{split}.x"], shapes[f"{split}.y"]
         if x_shape[lead] != y_shape[lead]:
             raise ValueError(
-                f"tasks.{split}.x has {x_shape[lead]} examples but tasks.{split}.y has {y_shape[lead]}"
+                f"tasks.{split}.x has {x_shape[lead]} examples but tasks.{split}.y has "
+                f"{y_shape[lead]}"
             )
     for field in ("x", "y"):
         support_shape, query_shape = shapes[f"support.{field}"], shapes[f"query.{field}"]

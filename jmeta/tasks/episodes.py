@@ -69,7 +69,8 @@ def make_episode_sampler(
         group_of = np.asarray(groups)
         if group_of.shape != (num_classes,) or group_of.dtype.kind not in "iu":
             raise ValueError(
-                f"groups must be {num_classes} integers (one per class), got shape {group_of.shape} "
+                f"groups must be {num_classes} integers (one per class), got shape "
+                f"{group_of.shape} "
                 f"and dtype {group_of.dtype}"
             )
     group_sizes = np.bincount(group_of) * copies

@@ -1,4 +1,5 @@
-"""``KMeans``, ``MiniBatchKMeans`` and ``PCA`` as scikit-learn estimators over jmeta's jitted functions.
+"""``KMeans``, ``MiniBatchKMeans`` and ``PCA`` as scikit-learn estimators over jmeta's jitted
+functions.
 
 They take scikit-learn's constructor arguments where these apply, check their input with
 ``sklearn.utils.validation``, store fitted attributes as numpy arrays (so they pickle and
@@ -426,7 +427,8 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return np.linalg.pinv(self.get_covariance().astype(np.float64))
 
     def score_samples(self, X):
-        """Log-likelihood of each row under the probabilistic PCA model (Tipping and Bishop 1999)."""
+        """Log-likelihood of each row under the probabilistic PCA model (Tipping and Bishop
+        1999)."""
         check_is_fitted(self)
         X = validate_data(self, X, dtype=_DTYPES, reset=False)
         centred = X.astype(np.float64) - self.mean_

@@ -1,4 +1,5 @@
-"""k-means as pure jitted functions: greedy k-means++, Lloyd under ``lax.while_loop``, restarts as one ``vmap``.
+"""k-means as pure jitted functions: greedy k-means++, Lloyd under ``lax.while_loop``, restarts as
+one ``vmap``.
 
 The semantics are scikit-learn's ``KMeans(algorithm="lloyd")``: ``tol`` is relative to the
 mean feature variance and compared with the summed squared centre shift, iteration stops

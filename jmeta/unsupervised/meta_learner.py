@@ -86,7 +86,8 @@ def as_model_inputs(x: Any, name: str = "X") -> np.ndarray:
 
 
 def default_learner(key: jax.Array, sample: np.ndarray) -> Learner:
-    """conv4 with stride-2 convolutions (an embedding, ``ways=0``) for images; a 256-64 MLP for features."""
+    """conv4 with stride-2 convolutions (an embedding, ``ways=0``) for images; a 256-64 MLP for
+    features."""
     if sample.ndim == 4:
         return conv4_learner(key, sample.shape[1:], ways=0, strided=True)
     return mlp_learner(key, sample.shape[1], hidden=(256,), out_features=64, name="mlp")
@@ -250,16 +251,19 @@ class UnsupervisedMetaLearner:
         check_positive_int("n_clusters", clusters)
         if clusters < self.ways:
             raise ValueError(
-                f"n_clusters = {clusters} is below ways = {self.ways}: a task needs ways distinct clusters"
+                f"n_clusters = {clusters} is below ways = {self.ways}: a task needs ways distinct "
+                "clusters"
             )
         if clusters * (self.shots + self.queries) > num_points and self.n_clusters is not None:
             raise ValueError(
-                f"n_clusters = {clusters} clusters of shots + queries = {self.shots + self.queries} "
+                f"n_clusters = {clusters} clusters of shots + queries = "
+                f"{self.shots + self.queries} "
                 f"points need {clusters * (self.shots + self.queries)} points, X has {num_points}"
             )
         if self.n_components > int(np.prod(self._feature_shape)):
             raise ValueError(
-                f"n_components = {self.n_components} exceeds the {int(np.prod(self._feature_shape))} "
+                f"n_components = {self.n_components} exceeds the "
+                f"{int(np.prod(self._feature_shape))} "
                 "input features"
             )
         return int(clusters)
@@ -352,7 +356,8 @@ class UnsupervisedMetaLearner:
             validate_tasks(eval_tasks)
             if np.shape(eval_tasks.support.x)[2:] != x.shape[1:]:
                 raise ValueError(
-                    f"eval_tasks hold examples of shape {np.shape(eval_tasks.support.x)[2:]} but X's "
+                    f"eval_tasks hold examples of shape {np.shape(eval_tasks.support.x)[2:]} but "
+                    "X's "
                     f"are {x.shape[1:]}"
                 )
         key = jax.random.key(self.seed)
@@ -521,7 +526,8 @@ class UnsupervisedMetaLearner:
             return self._protonets.setdefault(ways, make_protonet(self.learner_, ways))
         if ways != self.ways:
             raise ValueError(
-                f"algorithm={self.algorithm!r} has a head of ways = {self.ways} outputs; got a task of "
+                f"algorithm={self.algorithm!r} has a head of ways = {self.ways} outputs; got a "
+                "task of "
                 f"{ways} classes (prototypical networks take any number)"
             )
         return self._meta_learner
@@ -534,12 +540,14 @@ class UnsupervisedMetaLearner:
         y = np.asarray(support_y)
         if y.shape != (x.shape[0],) or y.dtype.kind not in "iu":
             raise ValueError(
-                f"support_y must be {x.shape[0]} integer labels, got shape {y.shape} dtype {y.dtype}"
+                f"support_y must be {x.shape[0]} integer labels, got shape {y.shape} dtype "
+                f"{y.dtype}"
             )
         ways = int(y.max()) + 1
         if y.min() < 0 or set(np.unique(y)) != set(range(ways)):
             raise ValueError(
-                f"support_y must use every label 0..ways-1, got {sorted(set(np.unique(y).tolist()))}"
+                "support_y must use every label 0..ways-1, got "
+                f"{sorted(set(np.unique(y).tolist()))}"
             )
         meta_learner = self._meta_learner_for(ways)
         adapted, _ = meta_learner.adapt(

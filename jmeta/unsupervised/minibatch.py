@@ -141,7 +141,8 @@ def minibatch_step(
     since = jnp.where(reseed, 0, since)
     shift = jnp.sum((centres - state.centres) ** 2)
 
-    # scikit-learn's _mini_batch_convergence; the first step's inertia is the init's, so it is skipped.
+    # scikit-learn's _mini_batch_convergence; the first step's inertia is the init's, so it is
+    # skipped.
     alpha = min(1.0, batch_size * 2.0 / (num_samples + 1))
     first = state.step == 0
     ewa = jnp.where(
@@ -285,7 +286,8 @@ def minibatch_kmeans(
         centres = jnp.asarray(np.asarray(init), dtype)
         if centres.shape != (num_clusters, num_features):
             raise ValueError(
-                f"init must have shape (num_clusters, n_features) = {(num_clusters, num_features)}, "
+                "init must have shape (num_clusters, n_features) = "
+                f"{(num_clusters, num_features)}, "
                 f"got {centres.shape}"
             )
 
@@ -307,7 +309,8 @@ def minibatch_kmeans(
                 else rows(rng.integers(0, num_samples, batch_size))
             )
             state = step(state, jax.random.fold_in(step_key, i), *batch, tol)
-            # Reading the previous step's flag lets this step run meanwhile; it is dropped on a stop.
+            # Reading the previous step's flag lets this step run meanwhile; it is dropped on a
+            # stop.
             if previous is not None and bool(previous.converged):
                 state = previous
                 break

@@ -48,7 +48,8 @@ def choose_solver(num_samples: int, num_features: int, num_components: int) -> s
 
 
 def _flip_signs(components: jax.Array) -> jax.Array:
-    """Makes the largest-magnitude entry of each row positive (``svd_flip(u_based_decision=False)``)."""
+    """Makes the largest-magnitude entry of each row positive
+    (``svd_flip(u_based_decision=False)``)."""
     largest = jnp.take_along_axis(
         components, jnp.argmax(jnp.abs(components), axis=1)[:, None], axis=1
     )

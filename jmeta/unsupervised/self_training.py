@@ -196,8 +196,10 @@ def self_train_partition(
     usable = int(np.asarray(partitions.usable).sum())
     if usable < ways:
         raise ValueError(
-            f"self-training: only {usable} of num_clusters = {num_clusters} clusters of the learned "
-            f"features have shots + queries = {shots + queries} points or more, but ways = {ways} are "
+            f"self-training: only {usable} of num_clusters = {num_clusters} clusters of the "
+            "learned "
+            f"features have shots + queries = {shots + queries} points or more, but ways = {ways} "
+            "are "
             "needed; use fewer clusters or more data"
         )
     log_temperature = learn_log_temperature(

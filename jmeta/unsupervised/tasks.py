@@ -150,9 +150,11 @@ def cactus_partitions(
                 break
         else:
             raise ValueError(
-                f"partition {partition}: only {usable} of num_clusters = {num_clusters} clusters have "
+                f"partition {partition}: only {usable} of num_clusters = {num_clusters} clusters "
+                "have "
                 f"shots + queries = {min_size} points or more after {max_redraws} redraws, but "
-                f"ways = {min_usable} are needed; use fewer clusters, ways, shots or queries, or more data"
+                f"ways = {min_usable} are needed; use fewer clusters, ways, shots or queries, or "
+                "more data"
             )
         labels.append(partition_labels)
         scales.append(factors)
@@ -255,7 +257,8 @@ def make_pseudo_task_sampler(
     data = jnp.asarray(data)
     if data.shape[0] != partitions.labels.shape[1]:
         raise ValueError(
-            f"data has {data.shape[0]} rows but the partitions cover {partitions.labels.shape[1]} points"
+            f"data has {data.shape[0]} rows but the partitions cover {partitions.labels.shape[1]} "
+            "points"
         )
     max_shift = check_non_negative_int("max_shift", max_shift)
     if max_shift and data.ndim != 4:
