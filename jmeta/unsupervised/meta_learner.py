@@ -500,9 +500,11 @@ class UnsupervisedMetaLearner:
         metrics = evaluate(
             self._meta_learner_for(self.ways), meta_params, tasks, self.num_inner_steps, chunk=0
         )
+        # Means taken by XLA (jnp), as this history has always been written: NumPy's pairwise
+        # float32 sum differs in the last bits.
         return {
-            "meta_loss": float(np.mean(metrics["loss"][:, -1])),
-            "pseudo_accuracy": float(np.mean(metrics["accuracy"][:, -1])),
+            "meta_loss": float(jnp.mean(metrics["loss"][:, -1])),
+            "pseudo_accuracy": float(jnp.mean(metrics["accuracy"][:, -1])),
         }
 
     # ---- adapting to labelled tasks ---------------------------------------------------
