@@ -60,7 +60,15 @@ def test_vmapped_meta_loss_equals_a_loop_over_tasks():
     np.testing.assert_allclose(float(vmapped), looped, rtol=1e-6)
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "metasgd", "reptile"])
+@pytest.mark.parametrize(
+    "algorithm",
+    [
+        "maml",
+        "metasgd",
+        pytest.param("fomaml", marks=pytest.mark.slow),
+        pytest.param("reptile", marks=pytest.mark.slow),
+    ],
+)
 def test_task_chunks_change_no_value(algorithm):
     # Chunks are vmapped in sequence and (for gradients) differentiated inside the map;
     # 7 tasks in chunks of 3 also exercises the remainder that does not fill a chunk.

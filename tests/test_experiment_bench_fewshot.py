@@ -131,6 +131,7 @@ def test_fewshot_benchmark_refuses_a_bad_field_before_measuring(
         )
 
 
+@pytest.mark.slow
 def test_fewshot_benchmark_times_learn2learn_from_a_source_without_the_pytorch_loop(
     tmp_path, monkeypatch
 ):
@@ -195,10 +196,10 @@ def test_fewshot_benchmark_keeps_the_groups_it_timed_when_a_later_group_fails(
     bench_fewshot = load_experiment("bench-fewshot")
     built = bench_fewshot.make_meta_learner
 
-    def fails_at_two_steps(learner, config):
+    def fails_at_two_steps(learner, config, *execution):
         if config.num_inner_steps == 2:
             raise RuntimeError("stopped in the second group")
-        return built(learner, config)
+        return built(learner, config, *execution)
 
     monkeypatch.setattr(bench_fewshot, "make_meta_learner", fails_at_two_steps)
     overrides = [

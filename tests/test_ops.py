@@ -103,6 +103,7 @@ def test_kept_patches_change_no_gradient_under_vmap_with_a_shared_kernel():
     chex.assert_trees_all_close(gradients(True), gradients(False), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_conv4_keeps_patches_for_the_embedding_network_only():
     x = jax.random.normal(jax.random.key(2), (3, 16, 16, 1))
 

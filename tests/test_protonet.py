@@ -36,6 +36,7 @@ def _accuracy(meta_learner, meta_params, sampler, steps):
     return float(meta_learner.evaluate(meta_params, tasks, steps)["accuracy"][:, -1].mean())
 
 
+@pytest.mark.slow
 def test_tiny_protonet_training_beats_chance():
     sampler = make_episode_sampler(_easy_images(), ways=5, shots=1, queries=3)
     protonet = make_protonet(
