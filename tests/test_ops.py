@@ -13,10 +13,11 @@ def test_conv4_shapes():
     images = jnp.zeros((6, 28, 28, 1))
     for strided in (False, True):
         classifier = conv4_learner(jax.random.key(0), ways=5, filters=8, strided=strided)
-        chex.assert_shape(classifier.apply_fn(classifier.params, images), (6, 5))
+        # Jitted: one compile per network rather than one per eager primitive.
+        chex.assert_shape(jax.jit(classifier.apply_fn)(classifier.params, images), (6, 5))
         embedding = conv4_learner(jax.random.key(0), ways=0, filters=8, strided=strided)
         chex.assert_shape(
-            embedding.apply_fn(embedding.params, images), (6, 8)
+            jax.jit(embedding.apply_fn)(embedding.params, images), (6, 8)
         )  # 28 -> 1x1 after 4 halvings
     assert "head" in classifier.params and "norm_3" in classifier.params
     with pytest.raises(ValueError, match="at least 16x16 images"):

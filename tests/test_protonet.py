@@ -59,7 +59,8 @@ def test_tiny_protonet_training_beats_chance():
 @pytest.mark.parametrize(
     "algorithm",
     [
-        "maml",
+        # MAML on conv4 runs in the default set through omniglot-runs and tests/test_api.py.
+        pytest.param("maml", marks=pytest.mark.slow),
         pytest.param("fomaml", marks=pytest.mark.slow),
         pytest.param("metasgd", marks=pytest.mark.slow),
         pytest.param("anil", marks=pytest.mark.slow),
