@@ -62,9 +62,11 @@ def make_evaluator(meta_learner: MetaLearner, num_steps: int) -> Callable:
     num_steps = check_non_negative_int("num_steps", num_steps)
     by_steps = _EVALUATORS.setdefault(meta_learner.evaluate, {})
     if num_steps not in by_steps:
-        evaluate = meta_learner.evaluate
+        # The cached function reaches ``evaluate`` through a weak reference: a strong one
+        # (a closure) would keep the dictionary's key alive and the cache would never let go.
+        evaluate = weakref.ref(meta_learner.evaluate)
         by_steps[num_steps] = jax.jit(
-            lambda meta_params, tasks: evaluate(meta_params, tasks, num_steps)
+            lambda meta_params, tasks: evaluate()(meta_params, tasks, num_steps)
         )
     return by_steps[num_steps]
 

@@ -44,3 +44,22 @@ def test_import_jmeta_does_not_load_scikit_learn_and_exports_the_training_path()
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "True"
+
+
+def test_the_evaluator_is_built_once_per_meta_learner_and_let_go_with_it():
+    import gc
+    import weakref
+
+    import jax
+
+    import jmeta
+    from jmeta.evaluate import make_evaluator
+
+    meta_learner = jmeta.make_meta_learner(jmeta.mlp_learner(jax.random.key(0), hidden=(4,)))
+    assert make_evaluator(meta_learner, 2) is make_evaluator(meta_learner, 2)
+    tasks = jmeta.sample_tasks(jmeta.make_sinusoid_sampler(3, 4), jax.random.key(1), 5)
+    assert jmeta.evaluate(meta_learner, meta_learner.init(), tasks, 2)["loss"].shape == (5, 3)
+    alive = weakref.ref(meta_learner.evaluate)
+    del meta_learner
+    gc.collect()
+    assert alive() is None  # the cache does not keep a dropped meta-learner (or its code) alive
