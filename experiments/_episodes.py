@@ -23,8 +23,8 @@ def plot_episodes(
     queries: int = 2,
 ) -> None:
     """Saves ``episodes`` ``ways``-way 1-shot episodes of class-indexed ``images``;
-    ``predict(task)``
-    returns the predicted query labels of one task. Right predictions are green, wrong red."""
+    ``predict(task)`` returns the predicted query labels of one task. Right predictions are
+    green, wrong red."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -219,8 +219,7 @@ class Conv4(nn.Module):
 
     def _first_block(self, x: jax.Array) -> jax.Array:
         """Block 0 on grey or RGB input: the parameter tree of the other blocks, held as plain
-        params
-        so that the im2col path can fuse the whole block (``ops.conv_norm_relu_pool``)."""
+        params so that the im2col path can fuse the whole block (``ops.conv_norm_relu_pool``)."""
         conv = self.param("conv_0", _conv3x3_params(x.shape[-1], self.filters))
         norm = self.param(
             "norm_0",

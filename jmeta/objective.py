@@ -7,10 +7,9 @@ happens in the optimizer, so frozen parts still get (unused) gradients and every
 differentiable for tests and analysis.
 
 The single-task loss is written first and vmapped over the task axis in one place,
-``over_tasks``, with meta-parameters broadcast and tasks mapped. How that vmap and the inner scan
-are
-scheduled (tasks in chunks, the first inner step peeled) is a ``jmeta.execution.Execution``
-passed beside the config: it changes speed, never a value.
+``over_tasks``, with meta-parameters broadcast and tasks mapped. How that vmap and the
+inner scan are scheduled (tasks in chunks, the first inner step peeled) is a
+``jmeta.execution.Execution`` passed beside the config: it changes speed, never a value.
 """
 
 from __future__ import annotations

@@ -134,8 +134,7 @@ def _row_patches(x: jax.Array) -> jax.Array:
 
 def _row_patch_conv(x: jax.Array, rows: jax.Array, kernel: jax.Array) -> jax.Array:
     """``conv3x3(x, kernel)`` as one matmul of the row patches ``rows`` of ``x`` with all three
-    kernel rows,
-    then a shifted sum.
+    kernel rows, then a shifted sum.
 
     Output row y is the sum over kernel rows i of (row patches of padded row y + i) @ kernel[i].
     """
