@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jmeta.execution import CPU, Execution
 from jmeta.objective import MetaLearner
 from jmeta.tasks.base import Task, sample_tasks
 from jmeta.validation import check_positive_int
@@ -31,11 +32,13 @@ class MetaState(NamedTuple):
 
 class MetaStep(NamedTuple):
     """``init(meta_params) -> MetaState``; ``step(state, key) -> (state, metrics)``;
-    ``run(state, key, num_steps) -> (state, mean metrics)`` (``num_steps`` static)."""
+    ``run(state, key, num_steps) -> (state, mean metrics)`` (``num_steps`` static);
+    ``execution``: the meta-learner's, whose ``scan`` tells ``fit`` which of the two to call."""
 
     init: Callable
     step: Callable
     run: Callable
+    execution: Execution = CPU
 
 
 def default_optimizer(learning_rate: float = 1e-3) -> optax.GradientTransformation:
@@ -91,5 +94,8 @@ def make_meta_step(
         return state, jax.tree_util.tree_map(jnp.mean, metrics)
 
     return MetaStep(
-        init, jax.jit(step, donate_argnums=0), jax.jit(run, static_argnums=2, donate_argnums=0)
+        init,
+        jax.jit(step, donate_argnums=0),
+        jax.jit(run, static_argnums=2, donate_argnums=0),
+        meta_learner.execution,
     )

@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import optax
 from tqdm.auto import tqdm
 
-from jmeta.execution import CPU, Execution
 from jmeta.objective import MetaLearner
 from jmeta.outer import MetaState, MetaStep, default_optimizer, make_meta_step
 from jmeta.runs import RunDir
@@ -46,12 +45,12 @@ def fit(
     run: RunDir | None = None,
     stage: str = "train",
     progress: bool = True,
-    execution: Execution = CPU,
 ) -> MetaState:
     """Runs meta-training until ``state.step == num_steps``.
 
     Args:
-      meta_step: from ``make_meta_step``.
+      meta_step: from ``make_meta_step``; its ``execution.scan`` (the meta-learner's) picks
+        one jitted scan per chunk or one jitted call per step.
       state: the initial state; replaced by the stage's checkpoint in ``run`` if it has one.
       key: the base key of the run (``step`` folds the step number into it).
       num_steps: total outer steps.
@@ -60,9 +59,6 @@ def fit(
       run: where to log and checkpoint; ``None`` keeps everything in memory.
       stage: the name of this training run inside ``run``.
       progress: show a tqdm progress bar.
-      execution: its ``scan`` runs each chunk as one jitted ``lax.scan`` (``MetaStep.run``)
-        or, when ``False``, as one jitted call per step (``MetaStep.step``); see
-        ``jmeta.execution``. Same values either way.
 
     Returns:
       The final ``MetaState``.
@@ -77,7 +73,9 @@ def fit(
     with tqdm(total=num_steps, initial=step, desc=stage, disable=not progress, leave=False) as bar:
         while step < num_steps:
             chunk = min(log_every - step % log_every, num_steps - step)
-            if execution.scan:
+            # The meta-learner's execution setting: one jitted scan of the chunk, or one
+            # jitted call per step (jmeta.execution). Same values either way.
+            if meta_step.execution.scan:
                 state, metrics = meta_step.run(state, key, chunk)
             else:
                 totals = None
@@ -156,5 +154,4 @@ def train(
         run=run,
         stage=stage,
         progress=progress,
-        execution=meta_learner.execution,
     )

@@ -39,8 +39,8 @@ def test_every_preset_trains_to_the_same_meta_parameters():
             log_every=3,
             checkpoint_every=3,
             progress=False,
-            execution=execution,
         )
+        assert meta_step.execution == execution  # fit takes scan from the meta-learner
         finals.append(state.meta_params)
     chex.assert_trees_all_close(finals[0], finals[1], rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(finals[0], finals[2], rtol=1e-5, atol=1e-6)

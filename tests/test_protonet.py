@@ -40,7 +40,9 @@ def _accuracy(meta_learner, meta_params, sampler, steps):
 def test_tiny_protonet_training_beats_chance():
     sampler = make_episode_sampler(_easy_images(), ways=5, shots=1, queries=3)
     protonet = make_protonet(
-        conv4_learner(jax.random.key(0), (12, 12, 1), ways=0, filters=8, strided=True), 5
+        conv4_learner(jax.random.key(0), (12, 12, 1), ways=0, filters=8, strided=True),
+        5,
+        execution=Execution(scan=False),
     )
     meta_step = jmeta.make_meta_step(protonet, sampler, 4, jmeta.default_optimizer(3e-3))
     state = fit(
@@ -51,7 +53,6 @@ def test_tiny_protonet_training_beats_chance():
         log_every=10,
         checkpoint_every=10,
         progress=False,
-        execution=Execution(scan=False),
     )
     assert _accuracy(protonet, state.meta_params, sampler, 0) > 0.6  # chance is 0.2
 
@@ -70,7 +71,9 @@ def test_tiny_gradient_based_classification_beats_chance(algorithm):
     sampler = make_episode_sampler(_easy_images(), ways=5, shots=1, queries=3)
     learner = conv4_learner(jax.random.key(0), (12, 12, 1), ways=5, filters=8, strided=True)
     meta_learner = jmeta.make_meta_learner(
-        learner, jmeta.algorithm_config(algorithm, loss="ce", inner_lr=0.4, num_inner_steps=2)
+        learner,
+        jmeta.algorithm_config(algorithm, loss="ce", inner_lr=0.4, num_inner_steps=2),
+        Execution(scan=False),
     )
     meta_step = jmeta.make_meta_step(meta_learner, sampler, 4, jmeta.default_optimizer(3e-3))
     state = fit(
@@ -81,7 +84,6 @@ def test_tiny_gradient_based_classification_beats_chance(algorithm):
         log_every=10,
         checkpoint_every=10,
         progress=False,
-        execution=Execution(scan=False),
     )
     assert _accuracy(meta_learner, state.meta_params, sampler, 2) > 0.5
 
