@@ -5,21 +5,18 @@ import sys
 
 import pytest
 
+# Conv4 at 16x16 with 4 filters, 2-way 1-query episodes: every row compiles in seconds.
+TINY = ["ways=2", "queries=1", "meta_batch=2", "image_size=16", "filters=4", "matmul_size=64"]
+
 
 def test_fewshot_benchmark_writes_json(tmp_path):
     import json
 
     from jmeta.cli import run_experiment
 
-    overrides = [
-        "ways=2",
-        "queries=1",
-        "meta_batch=2",
+    overrides = TINY + [
         "num_inner_steps=1",
-        "image_size=16",
-        "filters=4",
         "min_seconds=0.05",
-        "matmul_size=64",
         "torch_baseline=false",
         "task_chunk=1",
     ]
@@ -66,17 +63,7 @@ def test_fewshot_benchmark_alternates_jmeta_rows_with_the_pytorch_loop(tmp_path,
             {"device": "learn2learn stand-in"},
         ),
     )
-    overrides = [
-        "ways=2",
-        "queries=1",
-        "meta_batch=2",
-        "num_inner_steps=1",
-        "image_size=16",
-        "filters=4",
-        "min_seconds=0",
-        "matmul_size=64",
-        "task_chunk=0",
-    ]
+    overrides = TINY + ["num_inner_steps=1", "min_seconds=0", "task_chunk=0"]
     results = run_experiment("bench-fewshot", str(tmp_path / "bench"), overrides, progress=False)
     torch_row, jmeta_row = results["torch_loop"]["maml 1 step"], results["jmeta"]["maml 1 step"]
     assert torch_row["device"] == "stand-in" and torch_row["timed_steps"] == len(calls) - 1 >= 3
@@ -158,15 +145,9 @@ def test_fewshot_benchmark_times_learn2learn_from_a_source_without_the_pytorch_l
             {"device": "learn2learn stand-in"},
         ),
     )
-    overrides = [
-        "ways=2",
-        "queries=1",
-        "meta_batch=2",
+    overrides = TINY + [
         "num_inner_steps=1",
-        "image_size=16",
-        "filters=4",
         "min_seconds=0",
-        "matmul_size=64",
         "task_chunk=0",
         "torch_baseline=false",
         "learn2learn=/src/learn2learn-0.2.0",
@@ -202,15 +183,9 @@ def test_fewshot_benchmark_keeps_the_groups_it_timed_when_a_later_group_fails(
         return built(learner, config, *execution)
 
     monkeypatch.setattr(bench_fewshot, "make_meta_learner", fails_at_two_steps)
-    overrides = [
-        "ways=2",
-        "queries=1",
-        "meta_batch=2",
+    overrides = TINY + [
         "num_inner_steps=1,2",
-        "image_size=16",
-        "filters=4",
         "min_seconds=0",
-        "matmul_size=64",
         "task_chunk=0",
         "torch_baseline=false",
     ]

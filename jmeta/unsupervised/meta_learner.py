@@ -257,14 +257,13 @@ class UnsupervisedMetaLearner:
         if clusters * (self.shots + self.queries) > num_points and self.n_clusters is not None:
             raise ValueError(
                 f"n_clusters = {clusters} clusters of shots + queries = "
-                f"{self.shots + self.queries} "
-                f"points need {clusters * (self.shots + self.queries)} points, X has {num_points}"
+                f"{self.shots + self.queries} points need "
+                f"{clusters * (self.shots + self.queries)} points, X has {num_points}"
             )
         if self.n_components > int(np.prod(self._feature_shape)):
             raise ValueError(
                 f"n_components = {self.n_components} exceeds the "
-                f"{int(np.prod(self._feature_shape))} "
-                "input features"
+                f"{int(np.prod(self._feature_shape))} input features"
             )
         return int(clusters)
 
@@ -356,9 +355,8 @@ class UnsupervisedMetaLearner:
             validate_tasks(eval_tasks)
             if np.shape(eval_tasks.support.x)[2:] != x.shape[1:]:
                 raise ValueError(
-                    f"eval_tasks hold examples of shape {np.shape(eval_tasks.support.x)[2:]} but "
-                    "X's "
-                    f"are {x.shape[1:]}"
+                    f"eval_tasks hold examples of shape {np.shape(eval_tasks.support.x)[2:]} "
+                    f"but X's are {x.shape[1:]}"
                 )
         key = jax.random.key(self.seed)
         partition_key, model_key, train_key, round_key, score_key = jax.random.split(key, 5)
