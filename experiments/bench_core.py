@@ -191,7 +191,8 @@ def _memory(config: Config) -> list[dict]:
     return rows
 
 
-def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+def check(config: Config) -> None:
+    """Every field checked before the run folder is made or any data read."""
     for algorithm in config.algorithms:
         algorithms.algorithm_config(algorithm)
     check_fields(
@@ -208,6 +209,10 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
         ),
         positive_floats=("inner_lr", "min_seconds"),
     )
+
+
+def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+    check(config)
     machine = machine_record()
     throughput = [
         _jmeta_throughput(config, a, b)

@@ -127,7 +127,7 @@ def _compiled_step(meta_learner, sampler, config: Config) -> tuple[Callable[[], 
     return call, seconds
 
 
-def _check(config: Config) -> None:
+def check(config: Config) -> None:
     """Refuses a bad field by name before anything is measured or compiled."""
     check_fields(
         config,
@@ -150,7 +150,7 @@ def _check(config: Config) -> None:
 
 
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
-    _check(config)
+    check(config)
     rng = np.random.default_rng(config.seed)
     data = rng.random((64, 20, config.image_size, config.image_size, 1)).astype(np.float32)
     sampler = make_episode_sampler(data, config.ways, config.shots, config.queries)

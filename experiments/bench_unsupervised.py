@@ -378,7 +378,8 @@ def _table(rows: list[dict]) -> str:
     return markdown_table(header, lines)
 
 
-def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+def check(config: Config) -> None:
+    """Every field checked before the run folder is made or any data read."""
     check_fields(
         config, positive_ints=("lloyd_iters", "minibatch_steps", "batch_size", "restarts", "rounds")
     )
@@ -388,6 +389,10 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
         _shape(config.minibatch_shape, "minibatch_shape")
     if config.pca_shape:
         _shape(config.pca_shape, "pca_shape")
+
+
+def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+    check(config)
     import sklearn
 
     rows: list[dict] = []

@@ -141,8 +141,13 @@ def _plot(data: np.ndarray, n_digits: int, config: Config, path: str) -> None:
     plt.close(figure)
 
 
-def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+def check(config: Config) -> None:
+    """Every field checked before the run folder is made or any data read."""
     check_fields(config, positive_ints=("n_init",), at_least_two=("silhouette_samples",))
+
+
+def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+    check(config)
     data, labels = load_digits(return_X_y=True)
     n_digits = np.unique(labels).size
     estimators = {

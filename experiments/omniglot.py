@@ -213,12 +213,19 @@ def _plot(config, meta_learner, meta_params, data, path):
     )
 
 
-def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+def check(config: Config) -> list[tuple[int, int]]:
+    """Every field checked before the run folder is made or any data read; returns the
+    (ways, shots) settings."""
     settings = [parse_setting(s) for s in config.settings]
     for method in config.methods:
         if method != "protonet":
             algorithms.algorithm_config(method)
     check_fields(config, positive_ints=("eval_tasks", "plot_episodes"))
+    return settings
+
+
+def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+    settings = check(config)
     background = load_omniglot(config.background, config.image_size, config.cache)
     evaluation = unseen_alphabets(
         background, load_omniglot(config.evaluation, config.image_size, config.cache)

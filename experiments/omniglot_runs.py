@@ -158,7 +158,8 @@ def _plot_run(one_run, predictions: dict, path: str) -> None:
     plt.close(figure)
 
 
-def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+def check(config: Config) -> None:
+    """Every field checked before the run folder is made or any data read."""
     if not config.runs:
         raise ValueError(
             "runs: give the one-shot runs zip or folder, e.g. jmeta run omniglot-runs "
@@ -171,14 +172,19 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
                 f"methods: unknown method {method!r}; expected protonet, "
                 f"{', '.join(BASELINES)} or one of {', '.join(algorithms.ALGORITHMS)}"
             )
+    if models and not config.background:
+        raise ValueError("background: give at least one Omniglot background zip or folder")
+
+
+def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+    check(config)
+    models = [m for m in config.methods if m not in BASELINES]
     runs = load_oneshot_runs(config.runs, config.image_size)
     full_size = (
         load_oneshot_runs(config.runs, 105) if set(config.methods) & set(BASELINES) else None
     )
     predictions = {}
     if models:
-        if not config.background:
-            raise ValueError("background: give at least one Omniglot background zip or folder")
         background = concatenate(
             [load_omniglot(path, config.image_size, config.cache) for path in config.background]
         )

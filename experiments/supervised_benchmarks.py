@@ -38,11 +38,16 @@ class Config:
     seed: int = 0
 
 
-def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+def check(config: Config) -> None:
+    """Every field checked before the run folder is made or any data read."""
     check_fields(config, positive_ints=("n_repeats",), at_least_two=("n_folds",))
     unknown = [d for d in config.datasets if d not in DATASETS]
     if unknown:
         raise ValueError(f"unknown datasets {unknown}; expected some of {', '.join(DATASETS)}")
+
+
+def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+    check(config)
     results, tables = {}, []
     with tqdm(
         total=config.n_repeats * len(config.datasets),

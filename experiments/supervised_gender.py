@@ -66,8 +66,13 @@ def synthetic_population(men: int, women: int, seed: int) -> tuple[np.ndarray, n
     return X, np.concatenate([np.zeros(men, int), np.ones(women, int)])
 
 
-def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+def check(config: Config) -> None:
+    """Every field checked before the run folder is made or any data read."""
     check_fields(config, positive_ints=("n_repeats",), at_least_two=("men", "women", "n_folds"))
+
+
+def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+    check(config)
     X, y = synthetic_population(config.men, config.women, config.seed)
     learners = default_classifiers(config.seed)
     with tqdm(total=config.n_repeats, desc="splits", disable=not progress, leave=False) as bar:

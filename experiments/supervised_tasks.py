@@ -17,9 +17,10 @@ import numpy as np
 from jmeta.models import linear_learner, mlp_learner
 from jmeta.runs import RunDir
 from jmeta.stats import format_mean_ci, markdown_table, mean_ci95
+from jmeta.strategy import ACTIVATIONS
 from jmeta.supervised import SupervisedMetaLearner
 from jmeta.tasks import make_linear_sampler, make_sinusoid_sampler, sample_tasks
-from jmeta.validation import check_fields
+from jmeta.validation import check_choice, check_fields
 
 FAMILIES = {
     "sinusoid": lambda shots, query: make_sinusoid_sampler(shots, query),
@@ -42,7 +43,8 @@ class Config:
     seed: int = 0
 
 
-def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+def check(config: Config) -> None:
+    """Every field checked before the run folder is made or any data read."""
     check_fields(
         config,
         positive_ints=(
@@ -55,10 +57,16 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
         ),
         positive_floats=("inner_lr", "lr"),
     )
-    results, rows = {}, []
     for family in config.families:
         if family not in FAMILIES:
             raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
+    check_choice("activation", config.activation, ACTIVATIONS)
+
+
+def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+    check(config)
+    results, rows = {}, []
+    for family in config.families:
         sampler = FAMILIES[family](config.shots, config.queries)
         key = jax.random.key(config.seed)
         train = sample_tasks(sampler, jax.random.fold_in(key, 1), config.train_tasks)

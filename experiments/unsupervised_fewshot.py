@@ -103,7 +103,7 @@ class Config:
     seed: int = 0
 
 
-def check_config(config: Config) -> list[tuple[int, int]]:
+def check(config: Config) -> list[tuple[int, int]]:
     """Every field checked before any data is read; returns the (ways, shots) settings."""
     check_choice("dataset", config.dataset, DATASETS)
     check_fields(
@@ -349,7 +349,7 @@ def make_model(config: Config, image_shape: tuple, progress: bool) -> Unsupervis
 
 
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
-    settings = check_config(config)
+    settings = check(config)
     started = time.perf_counter()
     images, labels, test, description = load_split(config)
     load_s = time.perf_counter() - started

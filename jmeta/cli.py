@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import importlib
 import importlib.util
-import json
 import os
 import pkgutil
 import sys
@@ -19,7 +18,8 @@ import time
 from types import ModuleType
 
 from jmeta.config import from_record, override
-from jmeta.runs import RunDir
+from jmeta.errors import NonFiniteError, RunLockedError
+from jmeta.runs import RunDir, has_progress, read_json
 
 
 def _experiments_package() -> ModuleType:
@@ -67,6 +67,24 @@ def load_experiment(name: str) -> ModuleType:
     return importlib.import_module(f"jmeta.experiments.{name.replace('-', '_')}")
 
 
+def _saved_run(resume: str) -> dict:
+    """The ``config.json`` record of the run folder ``resume``."""
+    path = os.path.join(resume, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"--resume {resume}: no config.json there, so there is no run to resume"
+        )
+    saved = read_json(
+        path, "the run's config", "the run cannot be resumed; start a new one with another --out"
+    )
+    if not isinstance(saved, dict) or not {"experiment", "config"} <= set(saved):
+        raise ValueError(
+            f"the run's config {path} lacks its experiment or config fields; the run cannot be "
+            "resumed; start a new one with another --out"
+        )
+    return saved
+
+
 def run_experiment(
     name: str,
     out: str | None = None,
@@ -74,15 +92,18 @@ def run_experiment(
     *,
     resume: str | None = None,
     progress: bool = True,
+    report: bool = False,
 ) -> dict:
     """Runs an experiment as the command line does and returns its results.
 
     With ``resume`` the run in that directory continues from its checkpoints with its saved
-    config; overrides are then refused unless they match it.
+    config; overrides are then refused unless they match it. Every field is checked before
+    the run folder is made; a run that fails before it made any progress removes what it
+    wrote, so the corrected command can be run as it is. With ``report`` (the command line)
+    the run folder is printed first and each finished stage gets a line.
     """
     if resume is not None:
-        with open(os.path.join(resume, "config.json")) as f:
-            saved = json.load(f)
+        saved = _saved_run(resume)
         if name is not None and name != saved["experiment"]:
             raise ValueError(f"--resume {resume} holds a {saved['experiment']!r} run, not {name!r}")
         name, out = saved["experiment"], resume
@@ -90,16 +111,37 @@ def run_experiment(
     if resume is None:
         config = override(module.Config(), list(assignments))
     else:
-        config = from_record(module.Config, saved["config"])
+        try:
+            config = from_record(module.Config, saved["config"])
+        except ValueError as error:
+            if has_progress(resume):
+                raise
+            raise ValueError(
+                f"--resume {resume}: {error}. The run made no progress; run it again with the "
+                f"field corrected: jmeta run {name} --out {resume} FIELD=VALUE"
+            ) from None
         if override(config, list(assignments)) != config:
             raise ValueError(
                 f"--resume {resume}: overrides {list(assignments)} differ from the saved config"
             )
+    check = getattr(module, "check", None)
+    if check is not None:
+        check(config)  # what an experiment checks beyond its fields' own checks
     out = out or os.path.join("runs", name, time.strftime("%Y%m%d-%H%M%S"))
-    run = RunDir(out, name, config, resume=resume is not None)
-    results = module.main(config, run, progress=progress)
-    run.write_results(results)
-    print(f"\nwrote {run.path}/results.json", file=sys.stderr)
+    with RunDir(out, name, config, resume=resume is not None) as run:
+        run.report = report
+        run.say(f"run folder: {run.path}")
+        try:
+            results = module.main(config, run, progress=progress)
+        except KeyboardInterrupt as interrupt:
+            interrupt.run_folder = run.path  # for the command line's resume hint
+            raise
+        except Exception:
+            run.discard_if_empty()
+            raise
+        run.write_results(results)
+    if report:
+        print(f"\nwrote {run.path}/results.json", file=sys.stderr)
     return results
 
 
@@ -148,8 +190,24 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides,
             resume=args.resume,
             progress=not args.no_progress,
+            report=True,
         )
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
+    except KeyboardInterrupt as interrupt:
+        folder = getattr(interrupt, "run_folder", None)
+        hint = f"; continue it with: jmeta run --resume {folder}" if folder else ""
+        print(f"\njmeta: interrupted{hint}", file=sys.stderr)
+        return 130
+    except (
+        ValueError,
+        FileExistsError,
+        FileNotFoundError,
+        RunLockedError,
+        NonFiniteError,
+    ) as error:
         print(f"jmeta: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a path the user chose cannot be read or written
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"jmeta: error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     return 0

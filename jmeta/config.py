@@ -49,9 +49,22 @@ def _parse(field: str, text: str, kind: Any) -> Any:
     origin = typing.get_origin(kind)
     if origin is tuple:
         (item_kind, *_) = typing.get_args(kind) or (str,)
-        return tuple(
-            _parse(field, part.strip(), item_kind) for part in text.split(",") if part.strip()
-        )
+        parts = [part.strip() for part in text.split(",")]
+        if not any(parts):
+            raise ValueError(
+                f"config field {field!r} is empty; give one value or several separated by commas"
+            )
+        if not all(parts):
+            raise ValueError(f"config field {field!r} has an empty entry in {text!r}")
+        values = tuple(_parse(field, part, item_kind) for part in parts)
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise ValueError(
+                f"config field {field!r} lists {', '.join(repeated)} more than once in {text!r}"
+            )
+        return values
+    if not text.strip() and kind is not str:
+        raise ValueError(f"config field {field!r} is empty; expected {kind.__name__}")
     if kind is bool:
         lowered = text.lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -74,7 +87,8 @@ def _parse(field: str, text: str, kind: Any) -> Any:
 def override(config: Any, assignments: list[str]) -> Any:
     """Returns ``config`` with ``["field=value", ...]`` applied.
 
-    Tuples are written comma-separated (``shots=5,10``). An unknown field, a missing ``=``
+    Tuples are written comma-separated (``shots=5,10``). An unknown field, a missing ``=``,
+    a field given twice, an empty value (``shots=``), an entry listed twice (``shots=5,5``)
     or a value of the wrong type raises ``ValueError`` naming the field and what it expects.
     """
     hints = typing.get_type_hints(type(config))
@@ -86,6 +100,8 @@ def override(config: Any, assignments: list[str]) -> Any:
         field, text = assignment.split("=", 1)
         if field not in names:
             raise ValueError(f"unknown config field {field!r}; expected one of {', '.join(names)}")
+        if field in changes:
+            raise ValueError(f"config field {field!r} is given twice; give it once")
         changes[field] = _parse(field, text, hints[field])
     return dataclasses.replace(config, **changes)
 

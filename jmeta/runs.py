@@ -6,10 +6,17 @@
     DIR/metrics.jsonl    one JSON line per logged step ({"stage", "step", metrics...})
     DIR/results.json     the final numbers
     DIR/stages/*.json    results of finished stages (a resumed run skips them)
-    DIR/checkpoints/*.npz the latest state of each unfinished training stage
+    DIR/checkpoints/*.npz the latest state of each unfinished training stage (and the one
+                         before it, ``*.previous.npz``, should the latest be damaged)
+    DIR/.lock            held (``flock``) by the one process writing the run
 
 A resumed run drops the metrics lines logged after the checkpoint it restarts from, so
 its ``metrics.jsonl`` ends the same as an uninterrupted run's.
+
+A folder with nothing but a config and an empty metrics file holds no progress: a new run
+may take it over, so a run refused by a check can be rerun with the corrected field. The
+lock is an ``flock``, which the kernel drops when its process dies: a killed run never
+leaves a lock that blocks its resume.
 """
 
 from __future__ import annotations
@@ -17,19 +24,77 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
+import time
 from typing import Any, Callable
 
-from jmeta.checkpoint import atomic_write_json, atomic_write_text, load_pytree, save_pytree
+from jmeta.checkpoint import (
+    atomic_write_json,
+    atomic_write_text,
+    load_pytree,
+    save_pytree,
+)
+from jmeta.errors import RunLockedError
+
+_OWN_FILES = ("config.json", "metrics.jsonl", ".lock")
+
+
+def _folder_error(path: str, error: OSError) -> ValueError:
+    return ValueError(
+        f"--out {path}: cannot write the run folder there ({error.strerror or error}); "
+        "choose a folder you may write to"
+    )
+
+
+def read_json(path: str, what: str, advice: str) -> Any:
+    """The JSON value in ``path``, or a ``ValueError`` naming the file, what is wrong with it
+    and ``advice`` (what to do)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as error:
+        raise ValueError(f"{what} {path} cannot be read ({error.strerror}); {advice}") from None
+    if not text.strip():
+        raise ValueError(f"{what} {path} is empty (cut off by a crash or a full disk?); {advice}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{what} {path} is not valid JSON ({error}); {advice}") from None
+
+
+def has_progress(path: str) -> bool:
+    """Whether run folder ``path`` holds anything a run produced beyond its config: a metrics
+    line, a stage result, a checkpoint, a result or any other file."""
+    if not os.path.isdir(path):
+        return False
+    for name in os.listdir(path):
+        if name == "metrics.jsonl":
+            if os.path.getsize(os.path.join(path, name)) > 0:
+                return True
+        elif name not in _OWN_FILES:
+            return True
+    return False
 
 
 class RunDir:
-    """Files of one experiment run (see the module docstring)."""
+    """Files of one experiment run (see the module docstring).
+
+    Creating one takes the folder's lock; ``close`` (or leaving a ``with`` block) lets it
+    go. Raises ``RunLockedError`` naming the process that holds it, ``FileExistsError`` for
+    a folder that already holds progress (unless ``resume``) and ``ValueError`` for a folder
+    that cannot be written or a damaged ``config.json``.
+    """
 
     def __init__(
         self, path: str | os.PathLike, experiment: str, config: Any, *, resume: bool = False
     ):
         self.path = os.fspath(path)
         self.experiment = experiment
+        self.report = False  # one line per finished stage on the terminal (the command line)
+        self.expected_stages = 0
+        self.stages_started = 0
+        self.started = time.monotonic()
+        self._lock = None
         config_record = {"experiment": experiment, "config": _jsonable(dataclasses.asdict(config))}
         config_path = os.path.join(self.path, "config.json")
         if resume:
@@ -37,21 +102,91 @@ class RunDir:
                 raise FileNotFoundError(
                     f"--resume {self.path}: no config.json there, so there is no run to resume"
                 )
-            with open(config_path) as f:
-                saved = json.load(f)
+            self._take_lock()
+            saved = read_json(
+                config_path,
+                "the run's config",
+                "the run cannot be resumed; start a new one with another --out",
+            )
             if saved != config_record:
+                self.close()
                 raise ValueError(
                     f"--resume {self.path}: the run was started with {saved}, not {config_record}"
                 )
-        else:
-            if os.path.exists(config_path):
-                raise FileExistsError(
-                    f"--out {self.path} already holds a run; pass --resume {self.path} "
-                    "to continue it or choose another --out"
-                )
+            self.created = False
+            return
+        self.created = not os.path.exists(self.path)
+        try:
             os.makedirs(self.path, exist_ok=True)
+        except OSError as error:
+            raise _folder_error(self.path, error) from None
+        if not os.path.isdir(self.path):
+            raise ValueError(f"--out {self.path} is a file, not a folder; choose another --out")
+        self._take_lock()
+        if has_progress(self.path):
+            self.close()
+            raise FileExistsError(
+                f"--out {self.path} already holds a run; pass --resume {self.path} "
+                "to continue it or choose another --out"
+            )
+        try:
             atomic_write_json(config_path, config_record)
             atomic_write_text(self.metrics_path, "")
+        except OSError as error:
+            self.close()
+            raise _folder_error(self.path, error) from None
+
+    def _take_lock(self) -> None:
+        import fcntl
+
+        lock_path = os.path.join(self.path, ".lock")
+        try:
+            handle = open(lock_path, "a+")
+        except OSError as error:
+            raise _folder_error(self.path, error) from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunLockedError(
+                f"run folder {self.path} is being written by {holder}; wait for it to finish "
+                "or stop it before resuming (a killed process holds no lock)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {os.uname().nodename}\n")
+        handle.flush()
+        self._lock = handle
+
+    def close(self) -> None:
+        """Lets the folder's lock go (the files stay)."""
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops the flock
+            self._lock = None
+
+    def __enter__(self) -> "RunDir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+    def discard_if_empty(self) -> bool:
+        """Removes the folder's own files, and the folder if this run made it, when the run
+        made no progress (it failed a check). Returns whether it did."""
+        if has_progress(self.path):
+            return False
+        self.close()
+        for name in _OWN_FILES:
+            if os.path.exists(os.path.join(self.path, name)):
+                os.unlink(os.path.join(self.path, name))
+        if self.created and not os.listdir(self.path):
+            os.rmdir(self.path)
+        return True
 
     @property
     def metrics_path(self) -> str:
@@ -90,26 +225,95 @@ class RunDir:
     def checkpoint_path(self, stage: str) -> str:
         return os.path.join(self.path, "checkpoints", f"{stage}.npz")
 
+    def previous_checkpoint_path(self, stage: str) -> str:
+        return os.path.join(self.path, "checkpoints", f"{stage}.previous.npz")
+
     def save_checkpoint(self, stage: str, state: Any) -> None:
-        save_pytree(self.checkpoint_path(stage), state)
+        """Saves ``state`` atomically, keeping the checkpoint it replaces as the previous one.
+
+        Between the two moves only the previous checkpoint exists, which ``load_checkpoint``
+        then restores: a crash at any instant leaves a checkpoint to resume from.
+        """
+        path, previous = self.checkpoint_path(stage), self.previous_checkpoint_path(stage)
+        if os.path.exists(path):
+            os.replace(path, previous)
+        save_pytree(path, state)
 
     def load_checkpoint(self, stage: str, like: Any) -> Any | None:
-        """The saved state of ``stage``, or None if it has none."""
-        path = self.checkpoint_path(stage)
-        return load_pytree(path, like) if os.path.exists(path) else None
+        """The saved state of ``stage``, or None if it has none.
+
+        A damaged checkpoint raises ``ValueError`` naming the file and what to do: remove it
+        to resume from the previous checkpoint, or to rerun the stage.
+        """
+        path, previous = self.checkpoint_path(stage), self.previous_checkpoint_path(stage)
+        if not os.path.exists(path):
+            path = previous
+            if not os.path.exists(path):
+                return None
+        try:
+            return load_pytree(path, like)
+        except ValueError:  # a checkpoint of another configuration: its message says so
+            raise
+        except Exception as error:  # BadZipFile, EOFError, a missing array, ...
+            if path != previous and os.path.exists(previous):
+                advice = (
+                    f"remove it to resume from the previous checkpoint ({previous}): "
+                    f"rm {path} && jmeta run --resume {self.path}"
+                )
+            else:
+                advice = (
+                    f"remove it to rerun stage {stage!r} from the start: "
+                    f"rm {path} && jmeta run --resume {self.path}"
+                )
+            raise ValueError(
+                f"checkpoint {path} is damaged ({type(error).__name__}: {error}); {advice}"
+            ) from None
 
     def stage(self, name: str, compute: Callable[[], Any]) -> Any:
         """Returns the saved result of stage ``name``, or computes, saves and returns it."""
         path = os.path.join(self.path, "stages", f"{name}.json")
         if os.path.exists(path):
-            with open(path) as f:
-                return json.load(f)
+            return read_json(
+                path,
+                "stage result",
+                f"remove it to rerun the stage: rm {path} && jmeta run --resume {self.path}",
+            )
+        began = time.monotonic()
         result = _jsonable(compute())
         atomic_write_json(path, result)
+        self.say(f"{name}: done in {format_duration(time.monotonic() - began)}")
         return result
 
     def write_results(self, results: dict) -> None:
         atomic_write_json(self.file("results.json"), _jsonable(results))
+
+    def expect_stages(self, count: int) -> None:
+        """Announces how many training stages the run has, for "stage k of N" and the
+        estimate of the whole run's time."""
+        self.expected_stages = int(count)
+
+    def begin_stage(self, name: str) -> str:
+        """Counts a training stage as started; returns its label ``"[k/N] name"``."""
+        self.stages_started += 1
+        total = max(self.expected_stages, self.stages_started)
+        return f"[{self.stages_started}/{total}] {name}" if self.expected_stages else name
+
+    def stages_after_this(self) -> int:
+        return max(0, self.expected_stages - self.stages_started)
+
+    def say(self, line: str) -> None:
+        """One line on the terminal for the command line's runs (stderr, beside the bars)."""
+        if self.report:
+            print(line, file=sys.stderr, flush=True)
+
+
+def format_duration(seconds: float) -> str:
+    """``"42 s"``, ``"3.5 min"`` or ``"1.2 h"``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _jsonable(value: Any) -> Any:

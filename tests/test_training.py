@@ -87,12 +87,9 @@ def test_resume_after_a_crash_gives_identical_state_and_metrics(tmp_path):
             meta_learner, _crash_after(meta_step, 5), crashed_run
         )  # dies at step 40, last checkpoint at 40
     assert len(crashed_run.metrics()) == 4
-    with pytest.raises(_Crash):
-        _fit(
-            meta_learner,
-            _crash_after(meta_step, 2),
-            RunDir(tmp_path / "crashed", "test", config, resume=True),
-        )
+    crashed_run.close()  # the process that died let its lock go
+    with pytest.raises(_Crash), RunDir(tmp_path / "crashed", "test", config, resume=True) as run:
+        _fit(meta_learner, _crash_after(meta_step, 2), run)
     resumed_run = RunDir(tmp_path / "crashed", "test", config, resume=True)
     resumed = _fit(meta_learner, meta_step, resumed_run)
 
@@ -134,7 +131,13 @@ def test_run_files_get_the_permissions_of_any_new_file(tmp_path):
     (tmp_path / "plain").write_text("")
     expected = (tmp_path / "plain").stat().st_mode & 0o777
     files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
-    assert {p.name for p in files} == {"config.json", "metrics.jsonl", "results.json", "train.npz"}
+    assert {p.name for p in files} == {
+        ".lock",
+        "config.json",
+        "metrics.jsonl",
+        "results.json",
+        "train.npz",
+    }
     assert {p.stat().st_mode & 0o777 for p in files} == {expected}
 
 
