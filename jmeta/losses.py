@@ -20,8 +20,15 @@ def mse(predictions: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy against integer labels."""
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    """Mean softmax cross-entropy against integer labels.
+
+    A label outside ``0..classes-1`` makes the loss NaN: the gather underneath would clamp
+    it to a valid class and train on a wrong but finite loss, where NaN stops training with
+    an error (``jmeta.fit``) even for labels made inside a jitted sampler.
+    """
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    in_range = (labels >= 0) & (labels < logits.shape[-1])
+    return jnp.mean(jnp.where(in_range, losses, jnp.nan))
 
 
 LOSSES: dict[str, LossFn] = {"mse": mse, "ce": cross_entropy}

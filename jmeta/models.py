@@ -28,12 +28,16 @@ class Learner(NamedTuple):
       params: the initial parameters (a pytree); the meta-learner learns them.
       adapt_mask: a pytree of bools with the structure of ``params``; ``True`` leaves take
         inner-loop steps. ``None`` adapts every leaf.
+      input_shape: the shape of one input example (``make_learner`` records it), against
+        which tasks are checked before anything compiles; ``None`` checks only what the
+        learner's outputs allow.
     """
 
     name: str
     apply_fn: ApplyFn
     params: Any
     adapt_mask: Any = None
+    input_shape: tuple | None = None
 
 
 class MLP(nn.Module):
@@ -72,7 +76,12 @@ def make_learner(name: str, module: nn.Module, key: jax.Array, sample_x: jax.Arr
     switched on in one place, ``MetaLearnerConfig(adapt="head")``.
     """
     params = module.init(key, sample_x)["params"]
-    return Learner(name, lambda p, x: module.apply({"params": p}, x), params)
+    return Learner(
+        name,
+        lambda p, x: module.apply({"params": p}, x),
+        params,
+        input_shape=tuple(sample_x.shape[1:]),
+    )
 
 
 def head_mask(params: Any, adapt: str) -> Any:
@@ -292,4 +301,4 @@ def with_linear_head(embedding: Learner, sample_x: jax.Array, ways: int) -> Lear
     def apply_fn(p, x):
         return embedding.apply_fn(p["body"], x) @ p["head"]["kernel"] + p["head"]["bias"][None, :]
 
-    return Learner(f"{embedding.name}+head", apply_fn, params)
+    return Learner(f"{embedding.name}+head", apply_fn, params, input_shape=embedding.input_shape)

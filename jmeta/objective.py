@@ -19,12 +19,14 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jmeta.execution import CPU, Execution
 from jmeta.inner import RATE_KINDS, REMAT_KINDS, init_log_rate, make_adapt
 from jmeta.losses import LOSSES, get_loss
 from jmeta.models import Learner, head_mask
 from jmeta.strategy import ACTIVATIONS, combine_outputs
+from jmeta.task_checks import make_task_check
 from jmeta.tasks.base import Batch, Task, validate_tasks
 from jmeta.validation import check_choice, check_positive_float, check_positive_int
 
@@ -103,6 +105,9 @@ class MetaLearner(NamedTuple):
       meta_grad: ``(meta_params, tasks) -> (grads, metrics)`` for the configured estimator.
       evaluate: ``(meta_params, tasks, num_steps) -> dict`` of per-task query metrics after
         0..num_steps inner steps, each of shape ``(num_tasks, num_steps + 1)``.
+      check_tasks: ``(tasks, batched=True) -> None``; raises ``ValueError`` naming the array
+        when tasks do not fit the learners (``jmeta.task_checks``). Every entry point above
+        calls it; ``make_meta_step`` calls it on its sampler's output shapes.
     """
 
     config: MetaLearnerConfig
@@ -116,6 +121,7 @@ class MetaLearner(NamedTuple):
     meta_loss: Callable
     meta_grad: Callable
     evaluate: Callable
+    check_tasks: Callable | None = None
 
 
 def over_tasks(fn: Callable, chunk: int = 0) -> Callable:
@@ -137,7 +143,9 @@ def over_tasks(fn: Callable, chunk: int = 0) -> Callable:
     return chunked
 
 
-def mean_task_grad(task_loss: Callable, meta_loss: Callable, chunk: int = 0) -> Callable:
+def mean_task_grad(
+    task_loss: Callable, meta_loss: Callable, chunk: int = 0, check: Callable = validate_tasks
+) -> Callable:
     """``(meta_params, tasks) -> (grads, metrics)``: the gradient of the task-mean loss.
 
     Without chunks it is the gradient of ``meta_loss``. With chunks each chunk is
@@ -155,13 +163,74 @@ def mean_task_grad(task_loss: Callable, meta_loss: Callable, chunk: int = 0) -> 
         return grad_of_mean
 
     def mean_of_grads(meta_params, tasks):
-        validate_tasks(tasks)
+        check(tasks)
         per_task = jax.value_and_grad(task_loss, has_aux=True)
         (_, metrics), grads = over_tasks(per_task, chunk)(meta_params, tasks)
         mean = lambda leaf: jnp.mean(leaf, axis=0)
         return jax.tree_util.tree_map(mean, grads), jax.tree_util.tree_map(mean, metrics)
 
     return mean_of_grads
+
+
+def path_names(tree: Any) -> list[str]:
+    """The ``"learners/0/head/kernel"`` path of every leaf of ``tree``."""
+    return [_path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def matches_prefix(name: str, prefix: str) -> bool:
+    """Whether leaf path ``name`` lies under path prefix ``prefix``."""
+    return name == prefix or name.startswith(prefix.rstrip("/") + "/")
+
+
+def _valid_paths_text(names: list[str]) -> str:
+    """The paths a prefix may name: every leaf, or for a large tree the groups down to the
+    layers (``learners/0/conv_1``)."""
+    if len(names) > 24:
+        names = sorted({"/".join(name.split("/")[:3]) for name in names})
+    prefixes = sorted({"/".join(n.split("/")[:depth]) for n in names for depth in (1, 2)})
+    return ", ".join(dict.fromkeys(prefixes + names))
+
+
+def check_freeze(freeze: tuple[str, ...], meta_params: Any) -> None:
+    """Raises ``ValueError`` for a ``freeze`` prefix that matches no meta-parameter (a typo
+    would otherwise freeze nothing and say nothing), listing the valid paths."""
+    names = path_names(meta_params)
+    for prefix in freeze:
+        if not isinstance(prefix, str) or not any(matches_prefix(n, prefix) for n in names):
+            raise ValueError(
+                f"freeze path {prefix!r} matches no meta-parameter; valid paths: "
+                f"{_valid_paths_text(names)}"
+            )
+
+
+def check_adapt_mask(learner: Learner) -> None:
+    """Raises ``ValueError`` unless ``learner.adapt_mask`` is ``None`` or a tree of bools with
+    the structure of its params holding at least one ``True``."""
+    mask = learner.adapt_mask
+    if mask is None:
+        return
+    names = path_names(learner.params)
+    try:
+        same = jax.tree_util.tree_structure(mask) == jax.tree_util.tree_structure(learner.params)
+    except Exception:
+        same = False
+    if not same:
+        raise ValueError(
+            f"adapt_mask of base learner {learner.name!r} must have the structure of its "
+            f"params (one bool per leaf: {', '.join(names)}), got paths "
+            f"{', '.join(path_names(mask)) or 'none'}"
+        )
+    leaves = jax.tree_util.tree_leaves(mask)
+    if not all(isinstance(leaf, (bool, np.bool_)) for leaf in leaves):
+        raise ValueError(
+            f"adapt_mask of base learner {learner.name!r} must hold Python bools, got "
+            f"{sorted({type(leaf).__name__ for leaf in leaves})}"
+        )
+    if not any(leaves):
+        raise ValueError(
+            f"adapt_mask of base learner {learner.name!r} adapts no parameter; mark at least "
+            f"one of {', '.join(names)} True (or pass None to adapt all)"
+        )
 
 
 def _path_name(path) -> str:
@@ -204,6 +273,9 @@ def make_meta_learner(
             raise TypeError(f"learners must be jmeta.Learner values, got {type(learner).__name__}")
     if config.adapt == "head":
         learners = tuple(l._replace(adapt_mask=head_mask(l.params, "head")) for l in learners)
+    for learner in learners:
+        check_adapt_mask(learner)
+    check_tasks = make_task_check(learners, config.loss)
 
     loss_fn = get_loss(config.loss)
     adapt_all = make_adapt(
@@ -235,11 +307,11 @@ def make_meta_learner(
     def trainable(meta_params: MetaParams) -> Any:
         def is_trainable(path, _):
             name = _path_name(path)
-            return not any(
-                name == p or name.startswith(p.rstrip("/") + "/") for p in frozen_prefixes
-            )
+            return not any(matches_prefix(name, p) for p in frozen_prefixes)
 
         return jax.tree_util.tree_map_with_path(is_trainable, meta_params)
+
+    check_freeze(tuple(config.freeze), init())
 
     def predict(meta_params: MetaParams, adapted: tuple, x: jax.Array) -> jax.Array:
         outputs = [l.apply_fn(p, x) for l, p in zip(learners, adapted)]
@@ -261,6 +333,7 @@ def make_meta_learner(
         return metrics
 
     def task_loss(meta_params: MetaParams, task: Task):
+        check_tasks(task, batched=False)
         adapted, trace = adapt(meta_params, task.support)
         post = query_metrics(meta_params, adapted, task.query)
         metrics = {
@@ -271,12 +344,12 @@ def make_meta_learner(
         return post["loss"], metrics
 
     def meta_loss(meta_params: MetaParams, tasks: Task):
-        validate_tasks(tasks)
+        check_tasks(tasks)
         losses, metrics = over_tasks(task_loss, execution.task_chunk)(meta_params, tasks)
         return losses.mean(), jax.tree_util.tree_map(jnp.mean, metrics)
 
     def reptile_grad(meta_params: MetaParams, tasks: Task):
-        validate_tasks(tasks)
+        check_tasks(tasks)
 
         def task_direction(meta_params, task):
             adapted, trace = adapt(meta_params, task.support)
@@ -302,10 +375,12 @@ def make_meta_learner(
     def meta_grad(meta_params: MetaParams, tasks: Task):
         if config.meta_gradient == "reptile":
             return reptile_grad(meta_params, tasks)
-        return mean_task_grad(task_loss, meta_loss, execution.task_chunk)(meta_params, tasks)
+        return mean_task_grad(task_loss, meta_loss, execution.task_chunk, check_tasks)(
+            meta_params, tasks
+        )
 
     def evaluate(meta_params: MetaParams, tasks: Task, num_steps: int) -> dict:
-        validate_tasks(tasks)
+        check_tasks(tasks)
 
         def task_trajectory(meta_params, task):
             observe = lambda params: query_metrics(meta_params, params, task.query)
@@ -329,4 +404,5 @@ def make_meta_learner(
         meta_loss,
         meta_grad,
         evaluate,
+        check_tasks,
     )

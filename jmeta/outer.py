@@ -32,7 +32,8 @@ class MetaState(NamedTuple):
 
 class MetaStep(NamedTuple):
     """``init(meta_params) -> MetaState``; ``step(state, key) -> (state, metrics)``;
-    ``run(state, key, num_steps) -> (state, mean metrics)`` (``num_steps`` static);
+    ``run(state, key, num_steps) -> (state, metrics of every step)`` (``num_steps`` static;
+    each metric stacked to shape ``(num_steps,)``, so a NaN is traced to its step);
     ``execution``: the meta-learner's, whose ``scan`` tells ``fit`` which of the two to call."""
 
     init: Callable
@@ -51,6 +52,21 @@ def freeze(optimizer: optax.GradientTransformation, trainable: Any) -> optax.Gra
     """``optimizer`` on leaves where ``trainable`` is True, zero updates elsewhere."""
     labels = jax.tree_util.tree_map(lambda t: "train" if t else "freeze", trainable)
     return optax.multi_transform({"train": optimizer, "freeze": optax.set_to_zero()}, labels)
+
+
+def _sampled_shapes(sample_task: Callable[[jax.Array], Task]) -> Task:
+    """The shapes and dtypes of one task from ``sample_task``, without running it."""
+    try:
+        task = jax.eval_shape(sample_task, jax.random.key(0))
+    except Exception as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(
+            f"sample_task could not be traced on a key ({type(error).__name__}: {first_line}); "
+            "it must be a pure key -> Task function"
+        ) from None
+    if not isinstance(task, Task):
+        raise TypeError(f"sample_task must return a jmeta Task, got {type(task).__name__}")
+    return task
 
 
 def make_meta_step(
@@ -74,6 +90,13 @@ def make_meta_step(
         raise TypeError(
             f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}"
         )
+    if meta_learner.check_tasks is not None:
+        # The sampler's output shapes, checked against the learners before anything compiles.
+        task = _sampled_shapes(sample_task)
+        try:
+            meta_learner.check_tasks(task, batched=False)
+        except ValueError as error:
+            raise ValueError(f"sample_task's tasks do not fit the meta-learner: {error}") from None
     transform = freeze(optimizer, meta_learner.trainable(meta_learner.init()))
 
     def init(meta_params) -> MetaState:
@@ -85,13 +108,14 @@ def make_meta_step(
     def step(state: MetaState, key: jax.Array):
         tasks = sample_tasks(sample_task, jax.random.fold_in(key, state.step), meta_batch)
         grads, metrics = meta_learner.meta_grad(state.meta_params, tasks)
+        # One reduction per step: the number ``fit`` watches for a non-finite meta-gradient.
+        metrics = {**metrics, "outer/grad_norm": optax.tree.norm(grads)}
         updates, opt_state = transform.update(grads, state.opt_state, state.meta_params)
         meta_params = optax.apply_updates(state.meta_params, updates)
         return MetaState(meta_params, opt_state, state.step + 1), metrics
 
     def run(state: MetaState, key: jax.Array, num_steps: int):
-        state, metrics = jax.lax.scan(lambda s, _: step(s, key), state, None, length=num_steps)
-        return state, jax.tree_util.tree_map(jnp.mean, metrics)
+        return jax.lax.scan(lambda s, _: step(s, key), state, None, length=num_steps)
 
     return MetaStep(
         init,

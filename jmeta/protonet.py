@@ -16,7 +16,8 @@ from jmeta.execution import CPU, Execution
 from jmeta.losses import cross_entropy
 from jmeta.models import Learner
 from jmeta.objective import MetaLearner, MetaLearnerConfig, MetaParams, mean_task_grad, over_tasks
-from jmeta.tasks.base import Task, validate_tasks
+from jmeta.task_checks import make_task_check
+from jmeta.tasks.base import Task
 from jmeta.validation import check_positive_int
 
 
@@ -40,6 +41,7 @@ def make_protonet(embedding: Learner, ways: int, *, execution: Execution = CPU) 
     """
     ways = check_positive_int("ways", ways)
     config = MetaLearnerConfig(loss="ce")
+    check_tasks = make_task_check((embedding,), "ce", classes=ways)
 
     def init() -> MetaParams:
         return MetaParams((embedding.params,), (jnp.zeros(()),), jnp.zeros((1,)))
@@ -57,6 +59,7 @@ def make_protonet(embedding: Learner, ways: int, *, execution: Execution = CPU) 
         return prototype_logits(embedding.apply_fn(meta_params.learners[0], x), class_prototypes)
 
     def task_loss(meta_params, task: Task):
+        check_tasks(task, batched=False)
         logits = predict(meta_params, adapt(meta_params, task.support)[0], task.query.x)
         loss = cross_entropy(logits, task.query.y)
         return loss, {
@@ -65,14 +68,14 @@ def make_protonet(embedding: Learner, ways: int, *, execution: Execution = CPU) 
         }
 
     def meta_loss(meta_params, tasks: Task):
-        validate_tasks(tasks)
+        check_tasks(tasks)
         losses, metrics = over_tasks(task_loss, execution.task_chunk)(meta_params, tasks)
         return losses.mean(), jax.tree_util.tree_map(jnp.mean, metrics)
 
-    meta_grad = mean_task_grad(task_loss, meta_loss, execution.task_chunk)
+    meta_grad = mean_task_grad(task_loss, meta_loss, execution.task_chunk, check_tasks)
 
     def evaluate(meta_params, tasks: Task, num_steps: int = 0):
-        validate_tasks(tasks)
+        check_tasks(tasks)
         _, metrics = over_tasks(task_loss, execution.task_chunk)(meta_params, tasks)
         return {
             "loss": metrics["post/loss"][:, None],
@@ -91,4 +94,5 @@ def make_protonet(embedding: Learner, ways: int, *, execution: Execution = CPU) 
         meta_loss,
         meta_grad,
         evaluate,
+        check_tasks,
     )

@@ -5,18 +5,26 @@ Steps run in chunks of ``log_every`` inside one jitted ``lax.scan`` (``MetaStep.
 chunk boundaries are multiples of ``log_every`` whether or not the run was resumed, and
 checkpoints fall on multiples of ``checkpoint_every`` (itself a multiple of
 ``log_every``), so a resumed run performs exactly the computation of an uninterrupted one.
+
+Each chunk's metrics (with the meta-gradient's norm) come to the host for logging anyway;
+``fit`` checks them there for NaN and infinity and stops at the first bad step, before the
+state that holds it is checkpointed, so the last good checkpoint stays in place.
 """
 
 from __future__ import annotations
 
+import time
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from jmeta.errors import NonFiniteError
 from jmeta.objective import MetaLearner
 from jmeta.outer import MetaState, MetaStep, default_optimizer, make_meta_step
-from jmeta.runs import RunDir
+from jmeta.runs import RunDir, format_duration
 from jmeta.tasks.base import TaskSampler
 from jmeta.validation import check_positive_int
 
@@ -32,6 +40,43 @@ def check_schedule(num_steps: int, log_every: int, checkpoint_every: int) -> tup
             f"checkpoint_every ({checkpoint_every}) must be a multiple of log_every ({log_every})"
         )
     return num_steps, log_every, checkpoint_every
+
+
+def check_finite_metrics(
+    per_step: dict, first_step: int, stage: str, run: RunDir | None, kept_step: int
+) -> None:
+    """Raises ``NonFiniteError`` if a chunk's metrics (each ``(steps,)``, the first for step
+    ``first_step + 1``) hold a NaN or infinity, naming the first such step and metric.
+
+    This reads the metrics already brought to the host for logging, including the
+    meta-gradient's norm: no tensor is checked inside the jitted steps.
+    """
+    bad = {name: np.flatnonzero(~np.isfinite(v)) for name, v in per_step.items()}
+    bad = {name: index[0] for name, index in bad.items() if index.size}
+    if not bad:
+        return
+    name = min(bad, key=lambda n: (bad[n], n))
+    value = per_step[name][bad[name]]
+    where = ""
+    if run is not None:
+        where = (
+            f"; the last good checkpoint (step {kept_step}) is kept in {run.checkpoint_path(stage)}"
+            if kept_step
+            else "; no checkpoint had been written yet"
+        )
+    raise NonFiniteError(
+        f"training stage {stage!r} stopped at step {first_step + bad[name] + 1}: {name} is "
+        f"{value}{where}. Look for NaN or inf in the data, labels outside the classes, or "
+        "learning rates too large (outer_lr, inner_lr)"
+    )
+
+
+def _run_estimate(run: RunDir, began: float, done: int, left: int) -> str:
+    """About how long the whole run has left: this stage's rate, and as long again for each
+    stage after it."""
+    per_step = (time.monotonic() - began) / max(done, 1)
+    stage_total = per_step * (done + left)
+    return f"~{format_duration(per_step * left + stage_total * run.stages_after_this())} left"
 
 
 def fit(
@@ -64,43 +109,58 @@ def fit(
       The final ``MetaState``.
     """
     num_steps, log_every, checkpoint_every = check_schedule(num_steps, log_every, checkpoint_every)
+    kept_step = 0  # the step of the last checkpoint written or restored
     if run is not None:
         restored = run.load_checkpoint(stage, state)
         if restored is not None:
             state = restored
             run.rewind_metrics(stage, int(state.step))
-    step = int(state.step)
-    with tqdm(total=num_steps, initial=step, desc=stage, disable=not progress, leave=False) as bar:
+            kept_step = int(state.step)
+    step = start = int(state.step)
+    label = run.begin_stage(stage) if run is not None else stage
+    began = time.monotonic()
+    metrics = {}
+    with tqdm(total=num_steps, initial=step, desc=label, disable=not progress, leave=False) as bar:
         while step < num_steps:
             chunk = min(log_every - step % log_every, num_steps - step)
+            if step == start:  # the first call traces and compiles: say so rather than sit at 0 %
+                bar.set_description_str(f"{label} (compiling)")
             # The meta-learner's execution setting: one jitted scan of the chunk, or one
             # jitted call per step (jmeta.execution). Same values either way.
             if meta_step.execution.scan:
-                state, metrics = meta_step.run(state, key, chunk)
+                state, per_step = meta_step.run(state, key, chunk)
             else:
-                totals = None
+                steps = []
                 for _ in range(chunk):
                     state, step_metrics = meta_step.step(state, key)
-                    totals = (
-                        step_metrics
-                        if totals is None
-                        else jax.tree_util.tree_map(jnp.add, totals, step_metrics)
-                    )
-                metrics = jax.tree_util.tree_map(lambda total: total / chunk, totals)
+                    steps.append(step_metrics)
+                per_step = jax.tree_util.tree_map(lambda *values: jnp.stack(values), *steps)
+            per_step = {name: np.asarray(values) for name, values in per_step.items()}
+            check_finite_metrics(per_step, step, stage, run, kept_step)
             step += chunk
-            metrics = {name: float(value) for name, value in metrics.items()}
+            metrics = {name: float(np.mean(values)) for name, values in per_step.items()}
+            if step - chunk == start:
+                bar.set_description_str(label)
             bar.update(chunk)
-            bar.set_postfix(
-                {
-                    name.split("/")[-1]: f"{value:.3g}"
-                    for name, value in metrics.items()
-                    if "post" in name
-                }
-            )
+            postfix = {
+                name.split("/")[-1]: f"{value:.3g}"
+                for name, value in metrics.items()
+                if "post" in name
+            }
+            if run is not None and run.stages_after_this():
+                postfix["run"] = _run_estimate(run, began, step - start, num_steps - step)
+            bar.set_postfix(postfix)
             if run is not None:
                 run.log({"stage": stage, "step": step, **metrics})
                 if step % checkpoint_every == 0 or step == num_steps:
                     run.save_checkpoint(stage, state)
+                    kept_step = step
+    if run is not None:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("post/"))
+        run.say(
+            f"{label}: {num_steps} steps, done in {format_duration(time.monotonic() - began)}"
+            + (f" ({shown})" if shown else "")
+        )
     return state
 
 

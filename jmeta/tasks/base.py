@@ -94,6 +94,7 @@ def validate_tasks(tasks: Task, *, batched: bool = True) -> None:
             )
     for split in ("support", "query"):
         for field in ("x", "y"):
-            if isinstance(getattr(getattr(tasks, split), field), jax.core.Tracer):
-                continue
+            value = getattr(getattr(tasks, split), field)
+            if isinstance(value, jax.core.Tracer) or not hasattr(value, "__array__"):
+                continue  # traced, or shapes only (jax.eval_shape)
             check_finite(f"tasks.{split}.{field}", getattr(getattr(tasks, split), field))
