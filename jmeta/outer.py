@@ -19,7 +19,7 @@ import optax
 from jmeta.execution import CPU, Execution
 from jmeta.objective import MetaLearner
 from jmeta.tasks.base import Task, sample_tasks
-from jmeta.validation import check_positive_int
+from jmeta.validation import check_positive_float, check_positive_int
 
 
 class MetaState(NamedTuple):
@@ -45,6 +45,8 @@ class MetaStep(NamedTuple):
 def default_optimizer(learning_rate: float = 1e-3) -> optax.GradientTransformation:
     """Adam with ``eps_root > 0``: second-order meta-gradients differentiate through the
     square root of Adam's second moment, which is unbounded at zero otherwise (see optax.adam)."""
+    if not callable(learning_rate):  # a schedule is a function of the step
+        learning_rate = check_positive_float("learning_rate", learning_rate)
     return optax.adam(learning_rate, eps_root=1e-8)
 
 

@@ -26,7 +26,7 @@ from jmeta.objective import MetaLearner
 from jmeta.outer import MetaState, MetaStep, default_optimizer, make_meta_step
 from jmeta.runs import RunDir, format_duration
 from jmeta.tasks.base import TaskSampler
-from jmeta.validation import check_positive_int
+from jmeta.validation import check_positive_float, check_positive_int
 
 
 def check_schedule(num_steps: int, log_every: int, checkpoint_every: int) -> tuple[int, int, int]:
@@ -201,7 +201,11 @@ def train(
 
       state = jmeta.train(maml, sampler, jax.random.key(0), 1000, meta_batch=8)
     """
-    optimizer = default_optimizer(outer_lr) if optimizer is None else optimizer
+    optimizer = (
+        default_optimizer(check_positive_float("outer_lr", outer_lr))
+        if optimizer is None
+        else optimizer
+    )
     meta_step = make_meta_step(meta_learner, sample_task, meta_batch, optimizer)
     start = meta_learner.init() if meta_params is None else meta_params
     return fit(

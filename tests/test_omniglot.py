@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from jmeta.data import extract_zip, load_omniglot, load_oneshot_runs
+from jmeta.data import extract_zip, load_omniglot, load_oneshot_runs, omniglot
 from jmeta.data.archives import download
 from jmeta.data.omniglot import concatenate
 from tests.omniglot_fixture import answers_from, build_runs_zip, png_bytes
@@ -33,16 +33,46 @@ def test_reads_the_real_background_sets():
     assert unseen == ["Japanese_(katakana)", "Sanskrit", "Tagalog"]
 
 
-def test_cache_is_written_beside_the_data_and_reused(tmp_path):
+def test_cache_is_written_beside_the_data_and_reused(tmp_path, monkeypatch):
     copy = shutil.copy(SMALL1, tmp_path / "set.zip")
     first = load_omniglot(copy, image_size=20)
     assert (tmp_path / "set.zip.20px.npz").exists()
-    os.utime(tmp_path / "set.zip.20px.npz")
-    (tmp_path / "set.zip").write_bytes(b"")  # the archive is gone: only the cache can answer
-    os.utime(tmp_path / "set.zip", (0, 0))
+    # The archive is unchanged, so the cache answers without a drawing being read.
+    monkeypatch.setattr(omniglot, "_read_all", lambda *a: pytest.fail("read the archive"))
     second = load_omniglot(copy, image_size=20)
     np.testing.assert_array_equal(first.images, second.images)
     assert first.class_names == second.class_names
+
+
+def test_a_replaced_archive_is_read_again_whatever_its_date(tmp_path):
+    copy = shutil.copy(SMALL1, tmp_path / "set.zip")
+    first = load_omniglot(copy, image_size=20)
+    shutil.copy(SMALL2, copy)
+    os.utime(copy, (0, 0))  # older than the cache: a date-keyed cache would answer
+    replaced = load_omniglot(copy, image_size=20)
+    assert replaced.class_names == load_omniglot(SMALL2, image_size=20, cache=False).class_names
+    assert replaced.class_names != first.class_names
+
+
+def test_a_damaged_cache_is_rebuilt(tmp_path):
+    copy = shutil.copy(SMALL1, tmp_path / "set.zip")
+    first = load_omniglot(copy, image_size=20)
+    cache = tmp_path / "set.zip.20px.npz"
+    cache.write_bytes(cache.read_bytes()[:100])  # cut off
+    with pytest.warns(UserWarning, match="set.zip.20px.npz is damaged"):
+        again = load_omniglot(copy, image_size=20)
+    np.testing.assert_array_equal(first.images, again.images)
+    assert load_omniglot(copy, image_size=20).class_names == first.class_names  # rewritten
+
+
+def test_a_drawing_that_cannot_be_decoded_is_named(tmp_path):
+    with zipfile.ZipFile(SMALL1) as source, zipfile.ZipFile(tmp_path / "bad.zip", "w") as target:
+        names = [n for n in source.namelist() if n.endswith(".png")]
+        for name in source.namelist():
+            data = source.read(name)
+            target.writestr(name, b"not a png" if name == names[3] else data)
+    with pytest.raises(ValueError, match=f"drawing {names[3]} cannot be decoded"):
+        load_omniglot(tmp_path / "bad.zip", cache=False)
 
 
 def test_one_shot_runs_format_on_a_fixture(tmp_path):

@@ -317,7 +317,9 @@ def test_a_fit_resumed_from_its_run_directory_ends_where_an_uninterrupted_one_do
     config = {"note": "resume"}
     uninterrupted = _features_model(n_clusters=3, rounds=2).fit(x)
     with RunDir(tmp_path / "run", "unsupervised", _Record(**config)) as first:
-        _features_model(n_clusters=3, rounds=1).fit(x, run=first)  # stops after round 0's checkpoint
+        _features_model(n_clusters=3, rounds=1).fit(
+            x, run=first
+        )  # stops after round 0's checkpoint
     resumed = _features_model(n_clusters=3, rounds=2).fit(
         x, run=RunDir(tmp_path / "run", "unsupervised", _Record(**config), resume=True)
     )

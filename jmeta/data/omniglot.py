@@ -5,6 +5,10 @@ per character, usually under a top folder such as ``images_background/``. They a
 straight from the zip (or from an extracted folder), resized by area averaging and
 inverted so that strokes are 1.0 on a 0.0 background. The result is cached as
 ``<archive>.<size>px.npz`` beside the data when that folder is writable.
+
+The cache records what it was made from (the archive's size and SHA-256; for a folder, the
+names, sizes and times of its files) and is used only while that still holds: a replaced
+archive, whatever its timestamp, is read again, and a damaged cache is rebuilt.
 """
 
 from __future__ import annotations
@@ -102,18 +106,13 @@ def load_omniglot(path: str | os.PathLike, image_size: int = 28, cache: bool = T
     path = os.fspath(path)
     image_size = check_positive_int("image_size", image_size)
     cache_path = f"{path.rstrip(os.sep)}.{image_size}px.npz"
-    if (
-        cache
-        and os.path.exists(cache_path)
-        and os.path.getmtime(cache_path) >= os.path.getmtime(path)
-    ):
-        with np.load(cache_path, allow_pickle=False) as stored:
-            return ClassImages(
-                stored["images"],
-                tuple(stored["class_names"].tolist()),
-                stored["groups"],
-                tuple(stored["group_names"].tolist()),
-            )
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no Omniglot archive or folder at {path}")
+    source = source_key(path)
+    if cache and os.path.exists(cache_path):
+        cached = _read_cache(cache_path, source)
+        if cached is not None:
+            return cached
     by_character: dict[tuple[str, str], list[str]] = {}
     for name in _png_names(path):
         parts = name.split("/")
@@ -135,7 +134,7 @@ def load_omniglot(path: str | os.PathLike, image_size: int = 28, cache: bool = T
     contents = _read_all(path, [n for c in characters for n in sorted(by_character[c])])
     images = np.stack(
         [
-            np.stack([decode_image(contents[n], image_size) for n in sorted(by_character[c])])
+            np.stack([_decode(path, n, contents[n], image_size) for n in sorted(by_character[c])])
             for c in characters
         ]
     )
@@ -147,14 +146,67 @@ def load_omniglot(path: str | os.PathLike, image_size: int = 28, cache: bool = T
         group_names,
     )
     if cache:
-        _write_cache(cache_path, result)
+        _write_cache(cache_path, result, source)
     return result
 
 
-def _write_cache(cache_path: str, data: ClassImages) -> None:
+def _decode(path: str, name: str, data: bytes, image_size: int) -> np.ndarray:
+    """``decode_image``, with a file PIL cannot read named rather than PIL's traceback."""
+    try:
+        return decode_image(data, image_size)
+    except Exception as error:  # PIL.UnidentifiedImageError, a truncated PNG, ...
+        raise ValueError(
+            f"{path}: drawing {name} cannot be decoded as an image ({type(error).__name__}: "
+            f"{error}); replace the archive with an intact copy"
+        ) from None
+
+
+def source_key(path: str) -> str:
+    """What a cache of ``path`` was made from: for a file its size and SHA-256, for a folder
+    a SHA-256 of its files' names, sizes and modification times."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    if os.path.isdir(path):
+        for root, folders, files in os.walk(path):
+            folders.sort()
+            for name in sorted(files):
+                stat = os.stat(os.path.join(root, name))
+                relative = os.path.relpath(os.path.join(root, name), path)
+                digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return f"folder sha256:{digest.hexdigest()}"
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"{os.path.getsize(path)} bytes sha256:{digest.hexdigest()}"
+
+
+def _read_cache(cache_path: str, source: str) -> ClassImages | None:
+    """The cached set if ``cache_path`` is intact and was made from ``source``; else None
+    (a damaged cache is reported and will be rebuilt)."""
+    try:
+        with np.load(cache_path, allow_pickle=False) as stored:
+            if "source" not in stored.files or str(stored["source"]) != source:
+                return None
+            return ClassImages(
+                stored["images"],
+                tuple(stored["class_names"].tolist()),
+                stored["groups"],
+                tuple(stored["group_names"].tolist()),
+            )
+    except Exception as error:  # a truncated or overwritten file
+        warnings.warn(
+            f"the Omniglot cache {cache_path} is damaged ({type(error).__name__}: {error}); "
+            "rebuilding it from the archive"
+        )
+        return None
+
+
+def _write_cache(cache_path: str, data: ClassImages, source: str) -> None:
     buffer = io.BytesIO()
     np.savez_compressed(
         buffer,
+        source=np.array(source),
         images=data.images,
         class_names=np.array(data.class_names),
         groups=data.groups,
@@ -235,8 +287,8 @@ def load_oneshot_runs(path: str | os.PathLike, image_size: int = 28) -> list[One
         runs.append(
             OneShotRun(
                 run_name,
-                np.stack([decode_image(contents[n], image_size) for n in training]),
-                np.stack([decode_image(contents[n], image_size) for n in test]),
+                np.stack([_decode(path, n, contents[n], image_size) for n in training]),
+                np.stack([_decode(path, n, contents[n], image_size) for n in test]),
                 np.array([answer_of[n] for n in test], np.int32),
             )
         )

@@ -23,12 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jmeta.errors import NonFiniteError
 from jmeta.models import Learner
 from jmeta.objective import MetaLearnerConfig, make_meta_learner
 from jmeta.optim import frozen_where, make_optimizer, minimise
 from jmeta.strategy import strategy_weights
-from jmeta.tasks.base import Batch, Task, validate_tasks
-from jmeta.validation import check_choice, check_positive_int
+from jmeta.tasks.base import Batch, Task
+from jmeta.validation import check_choice, check_positive_float, check_positive_int
 
 
 class SupervisedMetaLearner:
@@ -144,7 +145,6 @@ class SupervisedMetaLearner:
         tasks = Task(
             Batch(jnp.asarray(Xs), jnp.asarray(Ys)), Batch(jnp.asarray(Xt), jnp.asarray(Yt))
         )
-        validate_tasks(tasks)
         epochs = check_positive_int("max_iter", self.max_iter if max_iter is None else max_iter)
         config = MetaLearnerConfig(
             num_inner_steps=self.num_inner_steps,
@@ -154,6 +154,7 @@ class SupervisedMetaLearner:
             activation=self.activation,
         )
         meta_learner = make_meta_learner(learners, config)
+        meta_learner.check_tasks(tasks)  # Xs, Ys, Xt, Yt against each other and the learners
         start = meta_learner.init()
         trainable = meta_learner.trainable(start)
         metric = "accuracy" if self.loss == "ce" else "loss"
@@ -161,7 +162,8 @@ class SupervisedMetaLearner:
         def test_metric(meta_params):
             return meta_learner.evaluate(meta_params, tasks, self.num_inner_steps)[metric][:, -1]
 
-        optimizer = make_optimizer(self.optimizer, self.lr if lr is None else lr)
+        outer_lr = check_positive_float("lr", self.lr if lr is None else lr)
+        optimizer = make_optimizer(self.optimizer, outer_lr)
         objective = lambda meta_params: meta_learner.meta_loss(
             frozen_where(meta_params, trainable), tasks
         )[0]
@@ -172,7 +174,7 @@ class SupervisedMetaLearner:
         losses = np.asarray(losses)
         if not np.all(np.isfinite(losses)):
             epoch = int(np.argmin(np.isfinite(losses)))
-            raise FloatingPointError(
+            raise NonFiniteError(
                 f"meta-training diverged: the meta-loss became {losses[epoch]} at epoch {epoch}; "
                 f"lower lr (now {self.lr if lr is None else lr}) or inner_lr (now "
                 f"{self.inner_lr}), "
@@ -234,6 +236,7 @@ class SupervisedMetaLearner:
                 meta_params, names.index(check_choice("learner", chosen, names))
             )
         metric = "accuracy" if self.loss == "ce" else "loss"
+        self.meta_learner_.check_tasks(tasks)
         return np.asarray(
             self.meta_learner_.evaluate(meta_params, tasks, self.num_inner_steps)[metric][:, -1]
         )

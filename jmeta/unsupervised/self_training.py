@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jmeta.errors import NonFiniteError
 from jmeta.losses import cross_entropy
 from jmeta.optim import minimise
 from jmeta.protonet import prototype_logits, prototypes
@@ -212,6 +213,11 @@ def self_train_partition(
         num_tasks=temperature_tasks,
         num_steps=temperature_steps,
     )
+    if not np.isfinite(float(log_temperature)):
+        raise NonFiniteError(
+            f"self-training's learned log-temperature is {float(log_temperature)}: the embedding "
+            "holds NaN or inf (check the meta-training losses) or its pseudo-tasks are degenerate"
+        )
     labels, confidence = confident_labels(embedding, clusters.centres, log_temperature, threshold)
     centres = centres_from_labels(embedding, labels, clusters.centres)
     return SelfTrainingRound(labels, centres, confidence, log_temperature, clusters.labels)
