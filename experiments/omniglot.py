@@ -231,8 +231,9 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
         background, load_omniglot(config.evaluation, config.image_size, config.cache)
     )
     rows, results, first = [], {}, None
+    ways_needed = sorted({w for w, _ in settings} | ({20} if config.within_alphabet else set()))
+    run.expect_stages(sum(1 if m == "protonet" else len(ways_needed) for m in config.methods))
     for method in config.methods:
-        ways_needed = sorted({w for w, _ in settings} | ({20} if config.within_alphabet else set()))
         if method == "protonet":
             # One prototypical network serves any number of ways at test time.
             trained, meta_params = train_model(

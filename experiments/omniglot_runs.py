@@ -179,6 +179,7 @@ def check(config: Config) -> None:
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     check(config)
     models = [m for m in config.methods if m not in BASELINES]
+    run.expect_stages(len(models))
     runs = load_oneshot_runs(config.runs, config.image_size)
     full_size = (
         load_oneshot_runs(config.runs, 105) if set(config.methods) & set(BASELINES) else None

@@ -198,6 +198,8 @@ def _row(method: str, shots: int, scores: dict, steps: tuple[int, ...]) -> list[
 
 
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
+    anchor_trained = config.pretrained_baseline and config.train_shots_for_anchor in config.shots
+    run.expect_stages(len(config.shots) * len(config.methods) + anchor_trained)
     table, models = {}, {}
     for shots in config.shots:
         for method in config.methods + (

@@ -363,6 +363,9 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     round_tasks = evaluation_tasks(
         config, test, round_ways, round_shots, config.round_tasks, salt=1
     )
+    # At most one training stage per self-training round (it may stop early), and the
+    # supervised comparison's.
+    run.expect_stages(config.rounds + bool(config.supervised))
     started = time.perf_counter()
     model.fit(images, eval_labels=labels, eval_tasks=round_tasks, run=run)
     fit_s = time.perf_counter() - started

@@ -71,7 +71,7 @@ def has_progress(path: str) -> bool:
         if name == "metrics.jsonl":
             if os.path.getsize(os.path.join(path, name)) > 0:
                 return True
-        elif name not in _OWN_FILES:
+        elif name not in _OWN_FILES and not name.startswith(".tmp-"):  # a write cut short
             return True
     return False
 

@@ -55,8 +55,10 @@ def check_finite_metrics(
     bad = {name: index[0] for name, index in bad.items() if index.size}
     if not bad:
         return
-    name = min(bad, key=lambda n: (bad[n], n))
-    value = per_step[name][bad[name]]
+    first = min(bad.values())
+    named = ", ".join(
+        f"{name} is {per_step[name][first]}" for name in sorted(bad) if bad[name] == first
+    )
     where = ""
     if run is not None:
         where = (
@@ -65,9 +67,9 @@ def check_finite_metrics(
             else "; no checkpoint had been written yet"
         )
     raise NonFiniteError(
-        f"training stage {stage!r} stopped at step {first_step + bad[name] + 1}: {name} is "
-        f"{value}{where}. Look for NaN or inf in the data, labels outside the classes, or "
-        "learning rates too large (outer_lr, inner_lr)"
+        f"training stage {stage!r} stopped at step {first_step + first + 1}: {named}{where}. "
+        "Look for NaN or inf in the data, labels outside the classes, or learning rates too "
+        "large (outer_lr, inner_lr)"
     )
 
 
@@ -114,8 +116,10 @@ def fit(
         restored = run.load_checkpoint(stage, state)
         if restored is not None:
             state = restored
-            run.rewind_metrics(stage, int(state.step))
             kept_step = int(state.step)
+        # Lines logged after the state being resumed (all of the stage's, without a
+        # checkpoint) are dropped, and with them a line a crash cut short.
+        run.rewind_metrics(stage, int(state.step))
     step = start = int(state.step)
     label = run.begin_stage(stage) if run is not None else stage
     began = time.monotonic()

@@ -52,3 +52,14 @@ def test_digits_and_class_indexing():
         load_digits_classes(examples_per_class=200)
     with pytest.raises(ValueError, match="equal length"):
         class_indexed(np.zeros((3, 2)), np.zeros(2))
+
+
+def test_a_cut_off_gzip_or_idx_header_is_named(tmp_path):
+    images = np.zeros((4, 28, 28), np.uint8)
+    _write_idx(tmp_path / "images.gz", images, 0x08)
+    (tmp_path / "cut.gz").write_bytes((tmp_path / "images.gz").read_bytes()[:30])
+    with pytest.raises(ValueError, match="cut.gz is a damaged gzip file"):
+        read_idx(tmp_path / "cut.gz")
+    (tmp_path / "header").write_bytes(b"\x00\x00\x08\x03\x00\x00")
+    with pytest.raises(ValueError, match="header is cut off"):
+        read_idx(tmp_path / "header")

@@ -119,7 +119,7 @@ def test_mnist_split_reads_idx_files_and_halves_them(tmp_path):
     np.testing.assert_array_equal(fit_y, labels[:20])
     chex.assert_shape(test.images, (10, 2, 28, 28, 1))
     with pytest.raises(ValueError, match="dataset=mnist needs mnist=DIR"):
-        experiment.check_config(experiment.Config(dataset="mnist"))
+        experiment.check(experiment.Config(dataset="mnist"))
 
 
 def test_omniglot_split_holds_out_rows_or_fits_everything_when_eval_is_given(tmp_path):

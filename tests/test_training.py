@@ -179,3 +179,22 @@ def test_fit_validates_its_schedule():
             checkpoint_every=10,
             progress=False,
         )
+
+
+def test_a_crash_before_the_first_checkpoint_resumes_without_duplicated_metrics(tmp_path):
+    meta_learner, meta_step = _meta_step()
+    config = jmeta.MetaLearnerConfig()
+    with RunDir(tmp_path / "reference", "test", config) as reference_run:
+        _fit(meta_learner, meta_step, reference_run)
+        reference = reference_run.metrics()
+    with RunDir(tmp_path / "crashed", "test", config) as crashed_run:
+        with pytest.raises(_Crash):  # step 10 is logged, the first checkpoint (20) never written
+            _fit(meta_learner, _crash_after(meta_step, 2), crashed_run)
+        with open(crashed_run.metrics_path, "a") as f:
+            f.write('{"stage": "train", "st')  # and the line being written was cut off
+    with RunDir(tmp_path / "crashed", "test", config, resume=True) as resumed_run:
+        _fit(meta_learner, meta_step, resumed_run)
+        assert resumed_run.metrics() == reference
+        assert (tmp_path / "crashed" / "metrics.jsonl").read_text() == (
+            tmp_path / "reference" / "metrics.jsonl"
+        ).read_text()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 
 import numpy as np
 
@@ -55,11 +56,18 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Reads an IDX file (MNIST's format), gzipped or not."""
     path = os.fspath(path)
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise ValueError(
+            f"{path} is a damaged gzip file ({type(error).__name__}: {error}); download it again"
+        ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number)")
     dims = data[3]
+    if len(data) < 4 + 4 * dims:
+        raise ValueError(f"{path}: the IDX header is cut off ({len(data)} bytes)")
     shape = struct.unpack(f">{dims}I", data[4 : 4 + 4 * dims])
     dtype = np.dtype(_IDX_TYPES[data[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
