@@ -22,9 +22,10 @@ def mse(predictions: jax.Array, targets: jax.Array) -> jax.Array:
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean softmax cross-entropy against integer labels.
 
-    A label outside ``0..classes-1`` makes the loss NaN: the gather underneath would clamp
-    it to a valid class and train on a wrong but finite loss, where NaN stops training with
-    an error (``jmeta.fit``) even for labels made inside a jitted sampler.
+    A label outside ``0..classes-1`` makes the loss NaN, so that ``jmeta.fit`` stops with an
+    error even for labels made inside a jitted sampler: the gather underneath reads a
+    negative label Python-style (``-1`` as the last class, a wrong but finite loss) and
+    gives NaN only for labels past the end.
     """
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     in_range = (labels >= 0) & (labels < logits.shape[-1])

@@ -323,6 +323,7 @@ def make_meta_learner(
             if num_steps is None
             else check_positive_int("num_steps", num_steps)
         )
+        check_tasks(Task(support, support), batched=False)  # the support set as a task
         return adapt_all(meta_params.learners, meta_params.log_inner_lr, support, steps, observe)
 
     def query_metrics(meta_params: MetaParams, params: tuple, query: Batch) -> dict:

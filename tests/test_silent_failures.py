@@ -55,6 +55,14 @@ def test_flat_targets_under_jit_are_refused_at_trace_time():
         jax.jit(maml.meta_loss)(maml.init(), _flat_targets(sinusoid_tasks()))
 
 
+def test_adapting_on_a_support_set_that_does_not_fit_is_refused():
+    maml = _maml()
+    support = jax.tree_util.tree_map(lambda a: a[0], sinusoid_tasks()).support
+    maml.adapt(maml.init(), support)  # one task's support set fits
+    with pytest.raises(ValueError, match="tasks.support.y has targets of shape"):
+        maml.adapt(maml.init(), support._replace(y=support.y[:, 0]))
+
+
 def test_a_single_task_where_a_batch_is_expected_is_named():
     maml = _maml()
     one = jax.tree_util.tree_map(lambda a: a[0], sinusoid_tasks(shots=6, queries=6))
@@ -114,6 +122,7 @@ def test_labels_outside_the_classes_are_refused():
 
 def test_labels_outside_the_classes_inside_jit_give_nan_not_a_clamped_loss():
     logits = jnp.zeros((2, 3))
+    assert np.isnan(float(jmeta.cross_entropy(logits, jnp.array([0, -1]))))  # not the last class
     assert np.isnan(float(jmeta.cross_entropy(logits, jnp.array([0, 3]))))
     assert np.isfinite(float(jmeta.cross_entropy(logits, jnp.array([0, 2]))))
 
@@ -236,3 +245,30 @@ def test_a_nan_learning_rate_through_the_python_api_is_refused():
     model = SupervisedMetaLearner([small_mlp()], loss="mse", optimizer="adam", lr=float("nan"))
     with pytest.raises(ValueError, match="lr must be a positive finite number, got nan"):
         model.train(*tasks.support, *tasks.query)
+
+
+def test_the_unsupervised_meta_learner_stops_on_a_diverging_loss():
+    from sklearn.datasets import make_blobs
+
+    from jmeta.unsupervised import UnsupervisedMetaLearner
+
+    x, _ = make_blobs(200, centers=3, n_features=4, random_state=5)
+    model = UnsupervisedMetaLearner(
+        n_components=2,
+        n_clusters=3,
+        n_partitions=1,
+        ways=2,
+        shots=2,
+        queries=3,
+        rounds=1,
+        steps_per_round=20,
+        meta_batch=2,
+        log_every=10,
+        algorithm="maml",
+        inner_lr=1e8,
+        progress=False,
+    )
+    with pytest.raises(
+        NonFiniteError, match="unsupervised-round-0' stopped at step [0-9]+: outer/grad_norm is inf"
+    ):
+        model.fit(x.astype(np.float32))
