@@ -33,6 +33,10 @@ TINY = [
 ]
 
 
+# A run long enough to be caught while it trains.
+LONG_RUN = ("--no-progress", "num_steps=4000", "log_every=100", "checkpoint_every=100")
+
+
 def _command(out, *extra):
     """``jmeta run sinusoid`` on TINY, with ``extra`` options and fields replacing TINY's."""
     options = [e for e in extra if e.startswith("--")]
@@ -113,7 +117,7 @@ def test_a_second_writer_is_refused_with_the_holder_named(tmp_path):
 def test_two_processes_cannot_both_write_a_run_and_a_killed_one_leaves_no_stale_lock(tmp_path):
     out = tmp_path / "run"
     writer = subprocess.Popen(
-        _command(out, "--no-progress", "num_steps=4000", "log_every=100", "checkpoint_every=100"),
+        _command(out, *LONG_RUN),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -245,7 +249,7 @@ def test_the_terminal_shows_the_folder_compiling_stage_k_of_n_and_a_line_per_sta
 def test_ctrl_c_stops_cleanly_with_the_resume_command(tmp_path):
     out = tmp_path / "run"
     process = subprocess.Popen(
-        _command(out, "--no-progress", "num_steps=4000", "log_every=100", "checkpoint_every=100"),
+        _command(out, *LONG_RUN),
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,

@@ -178,6 +178,19 @@ def test_an_adapt_mask_that_adapts_nothing_or_has_another_structure_is_refused()
 # -- non-finite values --------------------------------------------------------------------
 
 
+def _fit(maml, step, num_steps, run=None):
+    return jmeta.fit(
+        step,
+        step.init(maml.init()),
+        jax.random.key(0),
+        num_steps,
+        log_every=10,
+        checkpoint_every=10,
+        run=run,
+        progress=False,
+    )
+
+
 def test_fit_stops_at_the_first_non_finite_step_and_keeps_the_last_good_checkpoint(tmp_path):
     maml = _maml()
     base = jmeta.make_sinusoid_sampler(5, 5)
@@ -193,16 +206,7 @@ def test_fit_stops_at_the_first_non_finite_step_and_keeps_the_last_good_checkpoi
     step = jmeta.make_meta_step(maml, sampler, 4)
     with RunDir(tmp_path / "run", "test", jmeta.MetaLearnerConfig()) as run:
         with pytest.raises(NonFiniteError, match=r"stopped at step (\d+): .*post/loss is nan") as e:
-            jmeta.fit(
-                step,
-                step.init(maml.init()),
-                jax.random.key(0),
-                400,
-                log_every=10,
-                checkpoint_every=10,
-                run=run,
-                progress=False,
-            )
+            _fit(maml, step, 400, run)
         bad_step = int(str(e.value).split("stopped at step ")[1].split(":")[0])
         kept = run.load_checkpoint("train", step.init(maml.init()))
     assert int(kept.step) == (bad_step - 1) // 10 * 10  # the chunk before the NaN
@@ -214,15 +218,7 @@ def test_a_diverging_inner_rate_stops_training_with_the_metric_named():
     maml = _maml(inner_lr=1e8)
     step = jmeta.make_meta_step(maml, jmeta.make_sinusoid_sampler(5, 5), 4)
     with pytest.raises(NonFiniteError, match="stopped at step 1: "):
-        jmeta.fit(
-            step,
-            step.init(maml.init()),
-            jax.random.key(0),
-            20,
-            log_every=10,
-            checkpoint_every=10,
-            progress=False,
-        )
+        _fit(maml, step, 20)
 
 
 def test_a_nan_learning_rate_through_the_python_api_is_refused():
