@@ -19,7 +19,7 @@ from types import ModuleType
 
 from jmeta.config import from_record, override
 from jmeta.errors import NonFiniteError, RunLockedError
-from jmeta.runs import RunDir, has_progress, read_json
+from jmeta.runs import RunDir, has_progress, read_run_record
 
 
 def _experiments_package() -> ModuleType:
@@ -67,24 +67,6 @@ def load_experiment(name: str) -> ModuleType:
     return importlib.import_module(f"jmeta.experiments.{name.replace('-', '_')}")
 
 
-def _saved_run(resume: str) -> dict:
-    """The ``config.json`` record of the run folder ``resume``."""
-    path = os.path.join(resume, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"--resume {resume}: no config.json there, so there is no run to resume"
-        )
-    saved = read_json(
-        path, "the run's config", "the run cannot be resumed; start a new one with another --out"
-    )
-    if not isinstance(saved, dict) or not {"experiment", "config"} <= set(saved):
-        raise ValueError(
-            f"the run's config {path} lacks its experiment or config fields; the run cannot be "
-            "resumed; start a new one with another --out"
-        )
-    return saved
-
-
 def run_experiment(
     name: str,
     out: str | None = None,
@@ -103,7 +85,7 @@ def run_experiment(
     the run folder is printed first and each finished stage gets a line.
     """
     if resume is not None:
-        saved = _saved_run(resume)
+        saved = read_run_record(resume)
         if name is not None and name != saved["experiment"]:
             raise ValueError(f"--resume {resume} holds a {saved['experiment']!r} run, not {name!r}")
         name, out = saved["experiment"], resume

@@ -317,14 +317,18 @@ def make_meta_learner(
         outputs = [l.apply_fn(p, x) for l, p in zip(learners, adapted)]
         return combine_outputs(outputs, meta_params.strategy, config.activation, config.loss)
 
-    def adapt(meta_params: MetaParams, support: Batch, num_steps: int | None = None, observe=None):
+    def adapt_unchecked(meta_params: MetaParams, support: Batch, num_steps=None, observe=None):
+        # For the entry points below, which have checked their tasks already.
         steps = (
             config.num_inner_steps
             if num_steps is None
             else check_positive_int("num_steps", num_steps)
         )
-        check_tasks(Task(support, support), batched=False)  # the support set as a task
         return adapt_all(meta_params.learners, meta_params.log_inner_lr, support, steps, observe)
+
+    def adapt(meta_params: MetaParams, support: Batch, num_steps: int | None = None, observe=None):
+        check_tasks(Task(support, support), batched=False)  # the support set as a task
+        return adapt_unchecked(meta_params, support, num_steps, observe)
 
     def query_metrics(meta_params: MetaParams, params: tuple, query: Batch) -> dict:
         outputs = predict(meta_params, params, query.x)
@@ -335,7 +339,7 @@ def make_meta_learner(
 
     def task_loss(meta_params: MetaParams, task: Task):
         check_tasks(task, batched=False)
-        adapted, trace = adapt(meta_params, task.support)
+        adapted, trace = adapt_unchecked(meta_params, task.support)
         post = query_metrics(meta_params, adapted, task.query)
         metrics = {
             "inner/loss_first": trace["inner/loss"][0].mean(),
@@ -353,7 +357,7 @@ def make_meta_learner(
         check_tasks(tasks)
 
         def task_direction(meta_params, task):
-            adapted, trace = adapt(meta_params, task.support)
+            adapted, trace = adapt_unchecked(meta_params, task.support)
             post = query_metrics(meta_params, adapted, task.query)
             return adapted, {
                 "inner/loss_first": trace["inner/loss"][0].mean(),
@@ -385,7 +389,7 @@ def make_meta_learner(
 
         def task_trajectory(meta_params, task):
             observe = lambda params: query_metrics(meta_params, params, task.query)
-            adapted, trace = adapt(meta_params, task.support, num_steps, observe)
+            adapted, trace = adapt_unchecked(meta_params, task.support, num_steps, observe)
             final = query_metrics(meta_params, adapted, task.query)
             return jax.tree_util.tree_map(
                 lambda steps, last: jnp.concatenate([steps, last[None]]), trace["observed"], final

@@ -62,6 +62,23 @@ def read_json(path: str, what: str, advice: str) -> Any:
         raise ValueError(f"{what} {path} is not valid JSON ({error}); {advice}") from None
 
 
+def read_run_record(path: str) -> dict:
+    """The ``config.json`` record (``{"experiment", "config"}``) of run folder ``path``, or an
+    error naming the file and saying the run cannot be resumed."""
+    config_path = os.path.join(path, "config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(
+            f"--resume {path}: no config.json there, so there is no run to resume"
+        )
+    advice = "the run cannot be resumed; start a new one with another --out"
+    saved = read_json(config_path, "the run's config", advice)
+    if not isinstance(saved, dict) or not {"experiment", "config"} <= set(saved):
+        raise ValueError(
+            f"the run's config {config_path} lacks its experiment or config fields; {advice}"
+        )
+    return saved
+
+
 def has_progress(path: str) -> bool:
     """Whether run folder ``path`` holds anything a run produced beyond its config: a metrics
     line, a stage result, a checkpoint, a result or any other file."""
@@ -93,21 +110,13 @@ class RunDir:
         self.report = False  # one line per finished stage on the terminal (the command line)
         self.expected_stages = 0
         self.stages_started = 0
-        self.started = time.monotonic()
         self._lock = None
         config_record = {"experiment": experiment, "config": _jsonable(dataclasses.asdict(config))}
         config_path = os.path.join(self.path, "config.json")
         if resume:
-            if not os.path.exists(config_path):
-                raise FileNotFoundError(
-                    f"--resume {self.path}: no config.json there, so there is no run to resume"
-                )
+            # Read before the lock: a run writes its config.json once, atomically, at start.
+            saved = read_run_record(self.path)
             self._take_lock()
-            saved = read_json(
-                config_path,
-                "the run's config",
-                "the run cannot be resumed; start a new one with another --out",
-            )
             if saved != config_record:
                 self.close()
                 raise ValueError(

@@ -93,14 +93,14 @@ def make_task_check(
                         f"n x n loss: reshape it to (tasks, n, 1)){hint}"
                     )
                 if loss == "ce":
-                    _check_labels(split, batch.y, y_example, classes or out_example[-1:])
-        return None
+                    count = classes if classes is not None else (out_example or (None,))[-1]
+                    _check_labels(split, batch.y, y_example, count)
 
     return check
 
 
-def _check_labels(split: str, labels, y_example: tuple, classes) -> None:
-    """Integer labels of shape () per example, inside ``[0, classes)`` when concrete."""
+def _check_labels(split: str, labels, y_example: tuple, count: int | None) -> None:
+    """Integer labels of shape () per example, inside ``[0, count)`` when concrete."""
     name = f"tasks.{split}.y"
     if y_example != ():
         raise ValueError(
@@ -111,7 +111,6 @@ def _check_labels(split: str, labels, y_example: tuple, classes) -> None:
         raise ValueError(
             f"{name} must hold integer class labels for loss='ce', got dtype {labels.dtype}"
         )
-    count = classes if isinstance(classes, int) else (classes[0] if classes else None)
     if count is None or isinstance(labels, jax.core.Tracer) or not hasattr(labels, "__array__"):
         return
     values = np.asarray(labels)

@@ -176,7 +176,7 @@ class SupervisedMetaLearner:
             epoch = int(np.argmin(np.isfinite(losses)))
             raise NonFiniteError(
                 f"meta-training diverged: the meta-loss became {losses[epoch]} at epoch {epoch}; "
-                f"lower lr (now {self.lr if lr is None else lr}) or inner_lr (now "
+                f"lower lr (now {outer_lr}) or inner_lr (now "
                 f"{self.inner_lr}), "
                 f"or use fewer num_inner_steps (now {self.num_inner_steps})"
             )
@@ -236,7 +236,6 @@ class SupervisedMetaLearner:
                 meta_params, names.index(check_choice("learner", chosen, names))
             )
         metric = "accuracy" if self.loss == "ce" else "loss"
-        self.meta_learner_.check_tasks(tasks)
         return np.asarray(
             self.meta_learner_.evaluate(meta_params, tasks, self.num_inner_steps)[metric][:, -1]
         )

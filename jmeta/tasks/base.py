@@ -97,4 +97,4 @@ def validate_tasks(tasks: Task, *, batched: bool = True) -> None:
             value = getattr(getattr(tasks, split), field)
             if isinstance(value, jax.core.Tracer) or not hasattr(value, "__array__"):
                 continue  # traced, or shapes only (jax.eval_shape)
-            check_finite(f"tasks.{split}.{field}", getattr(getattr(tasks, split), field))
+            check_finite(f"tasks.{split}.{field}", value)
