@@ -34,6 +34,7 @@ from jmeta.models import conv4_learner
 from jmeta.objective import make_meta_learner
 from jmeta.protonet import make_protonet
 from jmeta.runs import RunDir
+from jmeta.sharding import check_devices, mesh_for
 from jmeta.stats import format_mean_ci, markdown_table, mean_ci95
 from jmeta.tasks import make_episode_sampler
 from jmeta.training import train
@@ -89,6 +90,7 @@ class Training(MetaTraining):
             at_least_two=("train_ways",),
         )
         execution_preset(self.execution)
+        check_devices(self.devices, maml_meta_batch=self.maml_meta_batch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +182,7 @@ def train_model(
         run=run,
         stage=f"{method}-{ways}way",
         progress=progress,
+        mesh=mesh_for(config.devices),
     )
     return meta_learner, state.meta_params
 

@@ -25,6 +25,7 @@ from jmeta.evaluate import evaluate, summarise
 from jmeta.models import mlp_learner
 from jmeta.objective import make_meta_learner
 from jmeta.runs import RunDir
+from jmeta.sharding import mesh_for
 from jmeta.stats import csv_table, format_mean_ci, markdown_table
 from jmeta.tasks import make_sinusoid_sampler, sample_tasks, sinusoid_curve
 from jmeta.training import train
@@ -119,6 +120,7 @@ def _train(config: Config, run: RunDir, method: str, shots: int, progress: bool)
         run=run,
         stage=f"{method}-k{shots}",
         progress=progress,
+        mesh=mesh_for(config.devices),
     )
     return meta_learner, state.meta_params
 

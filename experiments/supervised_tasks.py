@@ -16,6 +16,7 @@ import numpy as np
 
 from jmeta.models import linear_learner, mlp_learner
 from jmeta.runs import RunDir
+from jmeta.sharding import check_devices, mesh_for
 from jmeta.stats import format_mean_ci, markdown_table, mean_ci95
 from jmeta.strategy import ACTIVATIONS
 from jmeta.supervised import SupervisedMetaLearner
@@ -41,6 +42,8 @@ class Config:
     lr: float = 0.01
     activation: str = "softmax"
     seed: int = 0
+    # 1: one device; n: the training tasks split over a mesh of n devices; 0: all.
+    devices: int = 1
 
 
 def check(config: Config) -> None:
@@ -61,6 +64,7 @@ def check(config: Config) -> None:
         if family not in FAMILIES:
             raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
     check_choice("activation", config.activation, ACTIVATIONS)
+    check_devices(config.devices, train_tasks=config.train_tasks)
 
 
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
@@ -86,6 +90,7 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
             inner_lr=config.inner_lr,
             seed=config.seed,
             verbose=progress,
+            mesh=mesh_for(config.devices),
         )
         history = model.train(*train.support, *train.query)
         for epoch in range(0, config.max_iter, max(1, config.max_iter // 10)):

@@ -49,6 +49,7 @@ from jmeta.objective import MetaLearnerConfig, make_meta_learner
 from jmeta.optim import minimise
 from jmeta.protonet import make_protonet
 from jmeta.runs import RunDir
+from jmeta.sharding import check_devices, mesh_for
 from jmeta.stats import format_mean_ci, markdown_table, mean_ci95
 from jmeta.tasks import Task, make_episode_sampler, sample_tasks
 from jmeta.training import train
@@ -101,6 +102,8 @@ class Config:
     supervised: bool = True
     plot_episodes: int = 3
     seed: int = 0
+    # 1: one device; n: meta-batches, k-means and PCA over a mesh of n devices; 0: all.
+    devices: int = 1
 
 
 def check(config: Config) -> list[tuple[int, int]]:
@@ -128,6 +131,7 @@ def check(config: Config) -> list[tuple[int, int]]:
         positive_floats=("outer_lr", "scratch_lr"),
         at_least_two=("ways",),
     )
+    check_devices(config.devices, meta_batch=config.meta_batch)
     if config.dataset == "mnist" and not config.mnist:
         raise ValueError("dataset=mnist needs mnist=DIR, the folder of MNIST's IDX files")
     return [parse_setting(s) for s in (config.settings or DEFAULT_SETTINGS[config.dataset])]
@@ -304,6 +308,7 @@ def supervised_ceiling(
         run=run,
         stage="supervised",
         progress=progress,
+        mesh=mesh_for(config.devices),
     )
     return state.meta_params
 
@@ -343,6 +348,7 @@ def make_model(config: Config, image_shape: tuple, progress: bool) -> Unsupervis
         outer_lr=config.outer_lr,
         threshold=config.threshold,
         max_shift=None if config.max_shift < 0 else config.max_shift,
+        mesh=mesh_for(config.devices),
         seed=config.seed,
         progress=progress,
     )

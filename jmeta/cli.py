@@ -17,9 +17,12 @@ import sys
 import time
 from types import ModuleType
 
+import jax
+
 from jmeta.config import from_record, override
 from jmeta.errors import NonFiniteError, RunLockedError
 from jmeta.runs import RunDir, has_progress, read_run_record
+from jmeta.sharding import start_processes
 
 
 def _experiments_package() -> ModuleType:
@@ -151,6 +154,20 @@ def main(argv: list[str] | None = None) -> int:
         "--resume", metavar="DIR", help="continue the run in DIR from its checkpoints"
     )
     run_parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    hosts = run_parser.add_argument_group(
+        "several processes (jax.distributed; the same command in each, and the same --out)"
+    )
+    hosts.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    hosts.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+    hosts.add_argument("--process-id", type=int, metavar="I", help="this process's index")
+    hosts.add_argument(
+        "--distributed",
+        action="store_true",
+        help="take the three from the cluster's environment (SLURM, Open MPI, Kubernetes, TPU)",
+    )
+    hosts.add_argument(
+        "--cpu-devices", type=int, metavar="N", help="simulate N CPU devices in this process"
+    )
     args, extra = parser.parse_known_args(argv)
     if extra:
         if args.command != "run" or any(arg.startswith("-") for arg in extra):
@@ -162,6 +179,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.experiment is None and args.resume is None:
             parser.error("run needs an EXPERIMENT or --resume DIR")
+        start_processes(
+            args.coordinator,
+            args.num_processes,
+            args.process_id,
+            detect=args.distributed,
+            cpu_devices=args.cpu_devices,
+        )
+        if jax.process_count() > 1 and args.out is None and args.resume is None:
+            parser.error(
+                f"with {jax.process_count()} processes pass --out DIR, the same folder in each"
+            )
         if args.experiment is not None and "=" in args.experiment:
             parser.error(
                 f"expected an experiment name before the overrides, got {args.experiment!r}"

@@ -8,6 +8,7 @@ import dataclasses
 import typing
 from typing import Any
 
+from jmeta.sharding import check_devices
 from jmeta.training import check_schedule
 from jmeta.validation import check_fields
 
@@ -27,6 +28,9 @@ class MetaTraining:
       log_every: metrics are logged every ``log_every`` steps.
       checkpoint_every: the state is saved every ``checkpoint_every`` steps (a multiple of
         ``log_every``).
+      devices: 1 trains on one device; ``n > 1`` splits each meta-batch over a mesh of the
+        first ``n`` devices and 0 over all of them, every host's (``jmeta.sharding``);
+        ``meta_batch`` must be a multiple of the count.
     """
 
     num_steps: int = 1000
@@ -35,6 +39,7 @@ class MetaTraining:
     seed: int = 0
     log_every: int = 100
     checkpoint_every: int = 1000
+    devices: int = 1
 
     def __post_init__(self):
         self.check()
@@ -43,6 +48,7 @@ class MetaTraining:
         """Raises ``ValueError`` naming the first bad field."""
         check_fields(self, positive_ints=("num_steps", "meta_batch"), positive_floats=("outer_lr",))
         check_schedule(self.num_steps, self.log_every, self.checkpoint_every)
+        check_devices(self.devices, meta_batch=self.meta_batch)
 
 
 def _parse(field: str, text: str, kind: Any) -> Any:

@@ -6,6 +6,11 @@ returns pure ``init`` / ``step`` / ``run`` functions in the way optax builds a
 same base key can be passed at every call and no key is used twice. ``run`` scans
 ``num_steps`` steps inside one jitted call: on CPU this removes the Python dispatch that
 otherwise dominates a small meta step such as sinusoid MAML.
+
+With a ``mesh`` the meta-gradient runs under ``shard_map`` (``jmeta.sharding``): tasks are
+drawn and differentiated on the device that owns them and one all-reduce averages the
+gradient; the optimizer update that follows runs on replicated values, the same on every
+device. Without one nothing changes.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import optax
 
 from jmeta.execution import CPU, Execution
 from jmeta.objective import MetaLearner
+from jmeta.sharding import check_mesh, put_replicated, replicated, sharded_task_gradient
 from jmeta.tasks.base import Task, sample_tasks
 from jmeta.validation import check_positive_float, check_positive_int
 
@@ -34,12 +40,14 @@ class MetaStep(NamedTuple):
     """``init(meta_params) -> MetaState``; ``step(state, key) -> (state, metrics)``;
     ``run(state, key, num_steps) -> (state, metrics of every step)`` (``num_steps`` static;
     each metric stacked to shape ``(num_steps,)``, so a NaN is traced to its step);
-    ``execution``: the meta-learner's, whose ``scan`` tells ``fit`` which of the two to call."""
+    ``execution``: the meta-learner's, whose ``scan`` tells ``fit`` which of the two to call;
+    ``mesh``: the one given to ``make_meta_step`` (``fit`` puts keys and restored states on it)."""
 
     init: Callable
     step: Callable
     run: Callable
     execution: Execution = CPU
+    mesh: jax.sharding.Mesh | None = None
 
 
 def default_optimizer(learning_rate: float = 1e-3) -> optax.GradientTransformation:
@@ -76,6 +84,7 @@ def make_meta_step(
     sample_task: Callable[[jax.Array], Task],
     meta_batch: int,
     optimizer: optax.GradientTransformation | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> MetaStep:
     """Builds the jitted outer step of ``meta_learner``.
 
@@ -85,8 +94,19 @@ def make_meta_step(
       meta_batch: the number of tasks a meta-step draws and averages over.
       optimizer: any optax transformation (default: ``default_optimizer()``). Frozen
         meta-parameters are masked out around it.
+      mesh: a one-axis ``jax.sharding.Mesh`` (``jmeta.task_mesh(n)``) to spread each
+        meta-batch over: ``meta_batch`` must be a multiple of its size. Meta-parameters and
+        optimizer state are replicated; the numbers equal one device's up to float rounding.
     """
     meta_batch = check_positive_int("meta_batch", meta_batch)
+    if mesh is not None:
+        check_mesh(mesh)
+        task_gradient = sharded_task_gradient(meta_learner.meta_grad, sample_task, meta_batch, mesh)
+    else:
+
+        def task_gradient(meta_params, key):
+            return meta_learner.meta_grad(meta_params, sample_tasks(sample_task, key, meta_batch))
+
     optimizer = default_optimizer() if optimizer is None else optimizer
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
@@ -105,11 +125,13 @@ def make_meta_step(
         # The steps donate their input state; copying here keeps the caller's arrays (often
         # the learners' own initial params) alive after the first step.
         meta_params = jax.tree_util.tree_map(jnp.copy, meta_params)
-        return MetaState(meta_params, transform.init(meta_params), jnp.zeros((), jnp.int32))
+        state = MetaState(meta_params, transform.init(meta_params), jnp.zeros((), jnp.int32))
+        # On a mesh the state lives replicated on every device from the start: donation
+        # needs the step's input and output shardings to be equal.
+        return state if mesh is None else put_replicated(state, mesh)
 
     def step(state: MetaState, key: jax.Array):
-        tasks = sample_tasks(sample_task, jax.random.fold_in(key, state.step), meta_batch)
-        grads, metrics = meta_learner.meta_grad(state.meta_params, tasks)
+        grads, metrics = task_gradient(state.meta_params, jax.random.fold_in(key, state.step))
         # One reduction per step: the number ``fit`` watches for a non-finite meta-gradient.
         metrics = {**metrics, "outer/grad_norm": optax.tree.norm(grads)}
         updates, opt_state = transform.update(grads, state.opt_state, state.meta_params)
@@ -119,9 +141,12 @@ def make_meta_step(
     def run(state: MetaState, key: jax.Array, num_steps: int):
         return jax.lax.scan(lambda s, _: step(s, key), state, None, length=num_steps)
 
+    # Pinning the outputs replicated keeps the donated state's sharding fixed across steps.
+    shardings = {} if mesh is None else {"out_shardings": replicated(mesh)}
     return MetaStep(
         init,
-        jax.jit(step, donate_argnums=0),
-        jax.jit(run, static_argnums=2, donate_argnums=0),
+        jax.jit(step, donate_argnums=0, **shardings),
+        jax.jit(run, static_argnums=2, donate_argnums=0, **shardings),
         meta_learner.execution,
+        mesh,
     )

@@ -13,6 +13,13 @@
 A resumed run drops the metrics lines logged after the checkpoint it restarts from, so
 its ``metrics.jsonl`` ends the same as an uninterrupted run's.
 
+With several processes (``jax.distributed``), process 0 alone writes the folder (its lock,
+config, metrics, stage results and results); every process takes part in checkpoints,
+which are then orbax checkpoints of the global state, ``checkpoints/STAGE-STEP.orbax``
+(the newest two kept: orbax commits each by renaming a finished temporary folder, so a
+crash leaves the one before). A run folder that must resume on several hosts lives on a
+file system they all see.
+
 A folder with nothing but a config and an empty metrics file holds no progress: a new run
 may take it over, so a run refused by a check can be rerun with the corrected field. The
 lock is an ``flock``, which the kernel drops when its process dies: a killed run never
@@ -27,6 +34,8 @@ import os
 import sys
 import time
 from typing import Any, Callable
+
+import jax
 
 from jmeta.checkpoint import (
     atomic_write_json,
@@ -103,14 +112,25 @@ class RunDir:
     """
 
     def __init__(
-        self, path: str | os.PathLike, experiment: str, config: Any, *, resume: bool = False
+        self,
+        path: str | os.PathLike,
+        experiment: str,
+        config: Any,
+        *,
+        resume: bool = False,
+        writer: bool | None = None,
     ):
         self.path = os.fspath(path)
+        # Process 0 of a jax.distributed run writes; the others only read what it wrote.
+        self.writer = jax.process_index() == 0 if writer is None else bool(writer)
         self.experiment = experiment
         self.report = False  # one line per finished stage on the terminal (the command line)
         self.expected_stages = 0
         self.stages_started = 0
         self._lock = None
+        self.created = False
+        if not self.writer:
+            return
         config_record = {"experiment": experiment, "config": _jsonable(dataclasses.asdict(config))}
         config_path = os.path.join(self.path, "config.json")
         if resume:
@@ -187,7 +207,7 @@ class RunDir:
     def discard_if_empty(self) -> bool:
         """Removes the folder's own files, and the folder if this run made it, when the run
         made no progress (it failed a check). Returns whether it did."""
-        if has_progress(self.path):
+        if not self.writer or has_progress(self.path):
             return False
         self.close()
         for name in _OWN_FILES:
@@ -207,6 +227,8 @@ class RunDir:
 
     def log(self, record: dict) -> None:
         """Appends one metrics line."""
+        if not self.writer:
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(_jsonable(record), sort_keys=True) + "\n")
             f.flush()
@@ -224,6 +246,8 @@ class RunDir:
 
     def rewind_metrics(self, stage: str, step: int) -> None:
         """Drops ``stage``'s lines after ``step`` (logged after the checkpoint being resumed)."""
+        if not self.writer:
+            return
         kept = [
             r for r in self.metrics() if not (r.get("stage") == stage and r.get("step", 0) > step)
         ]
@@ -243,10 +267,58 @@ class RunDir:
         Between the two moves only the previous checkpoint exists, which ``load_checkpoint``
         then restores: a crash at any instant leaves a checkpoint to resume from.
         """
+        if jax.process_count() > 1:
+            return self._save_global_checkpoint(stage, state)
         path, previous = self.checkpoint_path(stage), self.previous_checkpoint_path(stage)
         if os.path.exists(path):
             os.replace(path, previous)
         save_pytree(path, state)
+
+    def _global_checkpoints(self, stage: str) -> list[tuple[int, str]]:
+        """``(step, path)`` of the committed orbax checkpoints of ``stage``, oldest first."""
+        folder, prefix = os.path.join(self.path, "checkpoints"), f"{stage}-"
+        found = []
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            step = name[len(prefix) : -len(".orbax")]
+            if name.startswith(prefix) and name.endswith(".orbax") and step.isdigit():
+                found.append((int(step), os.path.join(folder, name)))
+        return sorted(found)
+
+    def _save_global_checkpoint(self, stage: str, state: Any) -> None:
+        """Every process saves its part of ``state`` through orbax; process 0 then removes
+        all but the newest two."""
+        import orbax.checkpoint as ocp
+        from jax.experimental import multihost_utils
+
+        path = os.path.abspath(
+            os.path.join(self.path, "checkpoints", f"{stage}-{int(state.step)}.orbax")
+        )
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(path, state, force=True)
+        checkpointer.wait_until_finished()
+        multihost_utils.sync_global_devices(f"jmeta checkpoint {stage} {int(state.step)}")
+        if self.writer:
+            import shutil
+
+            for _, old in self._global_checkpoints(stage)[:-2]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _load_global_checkpoint(self, stage: str, like: Any) -> Any | None:
+        import orbax.checkpoint as ocp
+
+        found = self._global_checkpoints(stage)
+        if not found:
+            return None
+        target = jax.tree_util.tree_map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding), like
+        )
+        try:
+            return ocp.StandardCheckpointer().restore(found[-1][1], target)
+        except Exception as error:
+            raise ValueError(
+                f"checkpoint {found[-1][1]} is damaged ({type(error).__name__}: {error}); remove "
+                f"it to resume from the one before: rm -r {found[-1][1]}"
+            ) from None
 
     def load_checkpoint(self, stage: str, like: Any) -> Any | None:
         """The saved state of ``stage``, or None if it has none.
@@ -254,6 +326,8 @@ class RunDir:
         A damaged checkpoint raises ``ValueError`` naming the file and what to do: remove it
         to resume from the previous checkpoint, or to rerun the stage.
         """
+        if jax.process_count() > 1:
+            return self._load_global_checkpoint(stage, like)
         path, previous = self.checkpoint_path(stage), self.previous_checkpoint_path(stage)
         if not os.path.exists(path):
             path = previous
@@ -289,12 +363,14 @@ class RunDir:
             )
         began = time.monotonic()
         result = _jsonable(compute())
-        atomic_write_json(path, result)
+        if self.writer:
+            atomic_write_json(path, result)
         self.say(f"{name}: done in {format_duration(time.monotonic() - began)}")
         return result
 
     def write_results(self, results: dict) -> None:
-        atomic_write_json(self.file("results.json"), _jsonable(results))
+        if self.writer:
+            atomic_write_json(self.file("results.json"), _jsonable(results))
 
     def expect_stages(self, count: int) -> None:
         """Announces how many training stages the run has, for "stage k of N" and the
@@ -312,7 +388,7 @@ class RunDir:
 
     def say(self, line: str) -> None:
         """One line on the terminal for the command line's runs (stderr, beside the bars)."""
-        if self.report:
+        if self.report and self.writer:
             print(line, file=sys.stderr, flush=True)
 
 

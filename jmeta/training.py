@@ -25,6 +25,7 @@ from jmeta.errors import NonFiniteError
 from jmeta.objective import MetaLearner
 from jmeta.outer import MetaState, MetaStep, default_optimizer, make_meta_step
 from jmeta.runs import RunDir, format_duration
+from jmeta.sharding import put_replicated
 from jmeta.tasks.base import TaskSampler
 from jmeta.validation import check_positive_float, check_positive_int
 
@@ -115,11 +116,13 @@ def fit(
     if run is not None:
         restored = run.load_checkpoint(stage, state)
         if restored is not None:
-            state = restored
+            state = restored if meta_step.mesh is None else put_replicated(restored, meta_step.mesh)
             kept_step = int(state.step)
         # Lines logged after the state being resumed (all of the stage's, without a
         # checkpoint) are dropped, and with them a line a crash cut short.
         run.rewind_metrics(stage, int(state.step))
+    if meta_step.mesh is not None:  # every process passes the same key: one global array
+        key = put_replicated(key, meta_step.mesh)
     step = start = int(state.step)
     label = run.begin_stage(stage) if run is not None else stage
     began = time.monotonic()
@@ -183,6 +186,7 @@ def train(
     run: RunDir | None = None,
     stage: str = "train",
     progress: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> MetaState:
     """Meta-trains ``meta_learner`` on tasks from ``sample_task``: the build, init, fit recipe.
 
@@ -197,6 +201,8 @@ def train(
       meta_params: where to start (default ``meta_learner.init()``).
       log_every, checkpoint_every, run, stage, progress: as in ``fit``: metrics, atomic
         checkpoints and exact resume in ``run``, a progress bar.
+      mesh: spread each meta-batch over a one-axis device mesh (``jmeta.task_mesh``), as
+        in ``make_meta_step``.
 
     Returns:
       The final ``MetaState``; its ``meta_params`` go to ``jmeta.evaluate``.
@@ -210,7 +216,7 @@ def train(
         if optimizer is None
         else optimizer
     )
-    meta_step = make_meta_step(meta_learner, sample_task, meta_batch, optimizer)
+    meta_step = make_meta_step(meta_learner, sample_task, meta_batch, optimizer, mesh)
     start = meta_learner.init() if meta_params is None else meta_params
     return fit(
         meta_step,

@@ -27,6 +27,7 @@ from jmeta.errors import NonFiniteError
 from jmeta.models import Learner
 from jmeta.objective import MetaLearnerConfig, make_meta_learner
 from jmeta.optim import frozen_where, make_optimizer, minimise
+from jmeta.sharding import rows, sharded_task_mean
 from jmeta.strategy import strategy_weights
 from jmeta.tasks.base import Batch, Task
 from jmeta.validation import check_choice, check_positive_float, check_positive_int
@@ -47,6 +48,8 @@ class SupervisedMetaLearner:
       num_inner_steps, inner_lr: inner steps and initial meta learning rate (``train``).
       seed: seeds the folds and default learners.
       verbose: print the summary after fitting or training.
+      mesh: a one-axis ``jax.sharding.Mesh`` (``jmeta.task_mesh(n)``): ``train`` splits its
+        tasks over it (their number must be a multiple of its size), one all-reduce a step.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class SupervisedMetaLearner:
         inner_lr: float = 0.01,
         seed: int = 0,
         verbose: bool = False,
+        mesh: Any = None,
     ):
         if base_learners is None or len(base_learners) == 0:
             raise ValueError("base_learners must hold at least one base learner, got none")
@@ -77,6 +81,7 @@ class SupervisedMetaLearner:
         self.inner_lr = inner_lr
         self.seed = seed
         self.verbose = verbose
+        self.mesh = mesh
 
     # -- fixed base learners: the Super Learner -------------------------------------------
     def fit(self, X, y) -> "SupervisedMetaLearner":
@@ -164,9 +169,11 @@ class SupervisedMetaLearner:
 
         outer_lr = check_positive_float("lr", self.lr if lr is None else lr)
         optimizer = make_optimizer(self.optimizer, outer_lr)
-        objective = lambda meta_params: meta_learner.meta_loss(
-            frozen_where(meta_params, trainable), tasks
-        )[0]
+        meta_loss = meta_learner.meta_loss
+        if self.mesh is not None:
+            meta_loss = sharded_task_mean(meta_loss, self.mesh, tasks.support.x.shape[0])
+            tasks = jax.device_put(tasks, rows(self.mesh))
+        objective = lambda meta_params: meta_loss(frozen_where(meta_params, trainable), tasks)[0]
         # All epochs run inside one jitted scan (no per-epoch Python work), so there is no
         # progress to report until it returns.
         run = jax.jit(lambda p: minimise(objective, p, optimizer, epochs, record=test_metric))

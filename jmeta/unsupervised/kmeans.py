@@ -22,7 +22,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+from jax.sharding import PartitionSpec
 
+from jmeta.sharding import check_mesh, pad_rows
 from jmeta.unsupervised.distances import (
     default_chunk_size,
     map_row_chunks,
@@ -119,21 +122,31 @@ def _random_rows(
     return x[rows]
 
 
-def _relocate_empty(x, sample_weight, labels, sq_distances, sums, weights):
-    """Moves each empty cluster to one of the points farthest from their centres
-    (scikit-learn's ``_relocate_empty_clusters_dense``), taking the point out of its old
-    cluster's sums; farthest first, one point per empty cluster."""
-    num_clusters = weights.shape[0]
-    empty = weights == 0
+def _farthest(x, sample_weight, labels, sq_distances, count):
+    """The ``count`` rows farthest from their centres (zero-weight rows last): their
+    farness, rows, weights and labels, the candidates an empty cluster may take."""
     # Zero-weight rows are never moved: they would found a cluster of weight zero.
     farness = jnp.where(sample_weight > 0, sq_distances, -1)
-    _, farthest = jax.lax.top_k(farness, min(num_clusters, x.shape[0]))
+    farness, rows = jax.lax.top_k(farness, min(count, x.shape[0]))
+    return farness, x[rows], sample_weight[rows], labels[rows]
+
+
+def _relocate_empty(candidates, sums, weights):
+    """Moves each empty cluster to one of the points farthest from their centres
+    (scikit-learn's ``_relocate_empty_clusters_dense``), taking the point out of its old
+    cluster's sums; farthest first, one point per empty cluster. ``candidates`` is
+    ``_farthest``'s answer (on a mesh, the devices' answers gathered: the global farthest
+    rows are among each device's farthest)."""
+    num_clusters = weights.shape[0]
+    farness, rows, row_weights, row_labels = candidates
+    _, farthest = jax.lax.top_k(farness, min(num_clusters, farness.shape[0]))
+    empty = weights == 0
     rank = jnp.clip(jnp.cumsum(empty) - 1, 0, farthest.shape[0] - 1)
-    moved = farthest[rank]  # (k,): the point each empty cluster takes
-    moved_weight = jnp.where(empty, sample_weight[moved], 0)
-    moved_sum = x[moved] * moved_weight[:, None]
-    sums = sums.at[labels[moved]].add(-moved_sum)
-    weights = weights.at[labels[moved]].add(-moved_weight)
+    moved = farthest[rank]  # (k,): the candidate each empty cluster takes
+    moved_weight = jnp.where(empty, row_weights[moved], 0)
+    moved_sum = rows[moved] * moved_weight[:, None]
+    sums = sums.at[row_labels[moved]].add(-moved_sum)
+    weights = weights.at[row_labels[moved]].add(-moved_weight)
     sums = jnp.where(empty[:, None], moved_sum, sums)
     weights = jnp.where(empty, moved_weight, weights)
     return sums, weights
@@ -146,30 +159,52 @@ def _lloyd(
     max_iter: jax.Array,
     tol: jax.Array,
     chunk_size: int,
+    axis: str | None = None,
 ) -> KMeansResult:
-    """Lloyd's iterations from ``centres`` (traced ``max_iter`` and absolute ``tol``)."""
+    """Lloyd's iterations from ``centres`` (traced ``max_iter`` and absolute ``tol``).
+
+    With ``axis`` (inside ``shard_map``) the rows are this device's share: distances and
+    labels stay local, and each iteration's cluster sums, weights and count of changed
+    labels are one ``psum`` of one flat vector.
+    """
     num_clusters = centres.shape[0]
     x_sq = jnp.sum(x * x, axis=1)
     weighted_x = x * sample_weight[:, None]
 
-    def new_centres(labels, sq_distances):
+    def total(*parts):
+        if axis is None:
+            return parts
+        flat, unravel = ravel_pytree(parts)
+        return unravel(jax.lax.psum(flat, axis))
+
+    def candidates(labels, sq_distances):
+        found = _farthest(x, sample_weight, labels, sq_distances, num_clusters)
+        if axis is None:
+            return found
+        # Gathered as a psum of each device's slot, so that every device holds the same
+        # (invariant) candidates, as the branch without empty clusters does.
+        devices, index = jax.lax.axis_size(axis), jax.lax.axis_index(axis)
+
+        def gather(a):
+            slots = jnp.zeros((devices, *a.shape), a.dtype).at[index].set(a)
+            return jax.lax.psum(slots, axis).reshape(devices * a.shape[0], *a.shape[1:])
+
+        return jax.tree.map(gather, found)
+
+    def new_centres(labels, sq_distances, changed):
         sums = jax.ops.segment_sum(weighted_x, labels, num_clusters)
         weights = jax.ops.segment_sum(sample_weight, labels, num_clusters)
+        sums, weights, changed = total(sums, weights, changed)
         sums, weights = jax.lax.cond(
             jnp.any(weights == 0),
-            _relocate_empty,
-            lambda *a: a[-2:],
-            x,
-            sample_weight,
-            labels,
-            sq_distances,
-            sums,
-            weights,
+            lambda: _relocate_empty(candidates(labels, sq_distances), sums, weights),
+            lambda: (sums, weights),
         )
         # A cluster left with zero weight keeps its sum, as scikit-learn's _average_centers does.
-        return jnp.where(
+        centres = jnp.where(
             weights[:, None] > 0, sums / jnp.where(weights > 0, weights, 1)[:, None], sums
         )
+        return centres, changed
 
     def not_done(state):
         iteration, _, _, strict, shifted_little = state
@@ -178,21 +213,44 @@ def _lloyd(
     def iterate(state):
         iteration, centres, previous_labels, _, _ = state
         labels, sq_distances = nearest_centres(x, centres, chunk_size, x_sq)
-        updated = new_centres(labels, sq_distances)
-        strict = jnp.all(labels == previous_labels)
+        changed = jnp.sum(labels != previous_labels).astype(x.dtype)
+        updated, changed = new_centres(labels, sq_distances, changed)
         shift = jnp.sum((updated - centres) ** 2)
-        return iteration + 1, updated, labels, strict, shift <= tol
+        return iteration + 1, updated, labels, changed == 0, shift <= tol
 
     false = jnp.zeros((), bool)
-    start = (jnp.zeros((), jnp.int32), centres, jnp.full(x.shape[0], -1, jnp.int32), false, false)
+    no_labels = jnp.full(x.shape[0], -1, jnp.int32)
+    if axis is not None:  # labels are per device ("varying"), like the rows they label
+        no_labels = jax.lax.pcast(no_labels, axis, to="varying")
+    start = (jnp.zeros((), jnp.int32), centres, no_labels, false, false)
     num_iters, centres, labels, strict, _ = jax.lax.while_loop(not_done, iterate, start)
     # Under strict convergence the last labels are already those of the final centres
     # (computed from the same labels); otherwise one more assignment, as scikit-learn does.
     labels = jax.lax.cond(
         strict, lambda: labels, lambda: nearest_centres(x, centres, chunk_size, x_sq)[0]
     )
-    return KMeansResult(
-        centres, labels, _inertia(x, sample_weight, centres, labels, chunk_size), num_iters
+    (inertia,) = total(_inertia(x, sample_weight, centres, labels, chunk_size))
+    return KMeansResult(centres, labels, inertia, num_iters)
+
+
+def _restarts(mesh, chunk_size: int):
+    """``(x, sample_weight, starts, max_iter, tol) -> KMeansResult`` of every start
+    (vmapped), on one device or, with a ``mesh``, with the rows sharded over it."""
+
+    def run(x, sample_weight, starts, max_iter, tol, axis=None):
+        return jax.vmap(_lloyd, in_axes=(None, None, 0, None, None, None, None))(
+            x, sample_weight, starts, max_iter, tol, chunk_size, axis
+        )
+
+    if mesh is None:
+        return run
+    axis = mesh.axis_names[0]
+    by_row, whole = PartitionSpec(axis), PartitionSpec()
+    return jax.shard_map(
+        functools.partial(run, axis=axis),
+        mesh=mesh,
+        in_specs=(by_row, by_row, whole, whole, whole),
+        out_specs=KMeansResult(whole, PartitionSpec(None, axis), whole, whole),
     )
 
 
@@ -207,7 +265,8 @@ def _inertia(x, sample_weight, centres, labels, chunk_size):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("num_clusters", "init", "n_init", "chunk_size", "num_local_trials")
+    jax.jit,
+    static_argnames=("num_clusters", "init", "n_init", "chunk_size", "num_local_trials", "mesh"),
 )
 def _kmeans(
     key,
@@ -222,6 +281,7 @@ def _kmeans(
     n_init,
     chunk_size,
     num_local_trials,
+    mesh,
 ):
     total = jnp.sum(sample_weight)
     mean = sample_weight @ x / total
@@ -229,9 +289,7 @@ def _kmeans(
     variance = sample_weight @ (centred * centred) / total
     tol = tol * jnp.mean(variance)
     if init_centres is not None:
-        result = _lloyd(
-            centred, sample_weight, init_centres - mean[None, :], max_iter, tol, chunk_size
-        )
+        starts = (init_centres - mean[None, :])[None]
     else:
 
         def initial(key):
@@ -240,12 +298,12 @@ def _kmeans(
             return _random_rows(key, centred, sample_weight, num_clusters)
 
         # Restart i always draws from fold_in(key, i), so more restarts only add candidates.
+        # On a mesh the seeding runs on the sharded rows as plain jit (XLA gathers what its
+        # sort and draws need); the iterations, where the time goes, are per-device.
         starts = jax.vmap(lambda i: initial(jax.random.fold_in(key, i)))(jnp.arange(n_init))
-        results = jax.vmap(_lloyd, in_axes=(None, None, 0, None, None, None))(
-            centred, sample_weight, starts, max_iter, tol, chunk_size
-        )
-        # The lowest inertia wins; ties go to the first restart.
-        result = jax.tree.map(lambda leaf: leaf[jnp.argmin(results.inertia)], results)
+    results = _restarts(mesh, chunk_size)(centred, sample_weight, starts, max_iter, tol)
+    # The lowest inertia wins; ties go to the first restart.
+    result = jax.tree.map(lambda leaf: leaf[jnp.argmin(results.inertia)], results)
     return result._replace(centres=result.centres + mean[None, :])
 
 
@@ -261,6 +319,7 @@ def kmeans(
     tol: float = 1e-4,
     chunk_size: int | None = None,
     num_local_trials: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> KMeansResult:
     """k-means clustering of the rows of ``x``, in one jitted call.
 
@@ -277,9 +336,13 @@ def kmeans(
         feature variance.
       chunk_size: rows per distance product (default: about 2**19 / k).
       num_local_trials: k-means++ candidates per centre (default ``2 + int(log k)``).
+      mesh: a one-axis ``jax.sharding.Mesh`` (``jmeta.task_mesh(n)``) to split the rows
+        over; Lloyd's iterations then run per device with one all-reduce each. Rows are
+        padded to a multiple of the mesh with rows of weight zero, which change nothing.
 
     Returns:
-      ``KMeansResult(centres, labels, inertia, num_iters)``.
+      ``KMeansResult(centres, labels, inertia, num_iters)`` (on a mesh, ``labels`` stay
+      sharded by row).
 
     Example::
 
@@ -310,7 +373,11 @@ def kmeans(
         else check_positive_int("chunk_size", chunk_size)
     )
     num_local_trials = local_trials(num_local_trials, num_clusters)
-    return _kmeans(
+    num_rows = x.shape[0]
+    if mesh is not None:
+        check_mesh(mesh)
+        x, sample_weight = pad_rows((x, sample_weight), mesh)
+    result = _kmeans(
         key,
         x,
         sample_weight,
@@ -322,7 +389,11 @@ def kmeans(
         n_init=n_init,
         chunk_size=chunk_size,
         num_local_trials=num_local_trials,
+        mesh=mesh,
     )
+    if x.shape[0] != num_rows:
+        result = result._replace(labels=result.labels[:num_rows])
+    return result
 
 
 @functools.partial(jax.jit, static_argnames=("num_clusters", "num_local_trials"))

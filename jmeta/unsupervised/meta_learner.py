@@ -35,6 +35,7 @@ from jmeta.models import Learner, conv4_learner, mlp_learner, with_linear_head
 from jmeta.objective import make_meta_learner
 from jmeta.outer import MetaState, default_optimizer, make_meta_step
 from jmeta.protonet import make_protonet
+from jmeta.sharding import check_divides, check_mesh
 from jmeta.tasks.base import Batch, Task, sample_tasks, validate_tasks
 from jmeta.training import fit as fit_meta_steps
 from jmeta.unsupervised.distances import map_row_chunks
@@ -130,6 +131,9 @@ class UnsupervisedMetaLearner:
       seed: every key derives from it: same seed, same result.
       progress: show progress bars.
       log_every: meta-steps per jitted chunk (and per progress update).
+      mesh: a one-axis ``jax.sharding.Mesh`` (``jmeta.task_mesh(n)``): meta-batches, k-means
+        and PCA are split over its devices (``meta_batch`` a multiple of its size). On a
+        mesh PCA always uses its exact covariance solver.
 
     Attributes (after ``fit``):
       meta_params_: the meta-trained ``MetaParams``.
@@ -172,6 +176,7 @@ class UnsupervisedMetaLearner:
         seed: int = 0,
         progress: bool = True,
         log_every: int = 50,
+        mesh: Any = None,
     ):
         self.learner = learner
         self.algorithm = algorithm
@@ -195,6 +200,7 @@ class UnsupervisedMetaLearner:
         self.seed = seed
         self.progress = progress
         self.log_every = log_every
+        self.mesh = mesh
 
     # ---- checks ---------------------------------------------------------------------
 
@@ -234,6 +240,9 @@ class UnsupervisedMetaLearner:
                 )
         if self.ways < 2:
             raise ValueError(f"ways must be at least 2, got {self.ways}")
+        if self.mesh is not None:
+            check_mesh(self.mesh)
+            check_divides("meta_batch", self.meta_batch, self.mesh)
         if self.projection == "tsne" and self.n_components > 3:
             raise ValueError(
                 f"projection='tsne' embeds into at most 3 dimensions, got n_components = "
@@ -271,7 +280,7 @@ class UnsupervisedMetaLearner:
 
     def _project(self, flat: np.ndarray):
         if self.projection == "pca":
-            result = pca(flat, self.n_components, key=self.seed)
+            result = pca(flat, self.n_components, key=self.seed, mesh=self.mesh)
             return result, np.asarray(pca_transform(result, jnp.asarray(flat)))
         from sklearn.manifold import TSNE
 
@@ -369,7 +378,13 @@ class UnsupervisedMetaLearner:
         started = time.perf_counter()
         self.projection_, projected = self._project(x.reshape(x.shape[0], -1))
         partitions, _ = cactus_partitions(
-            partition_key, projected, num_clusters, self.n_partitions, min_size, self.ways
+            partition_key,
+            projected,
+            num_clusters,
+            self.n_partitions,
+            min_size,
+            self.ways,
+            mesh=self.mesh,
         )
         cluster_s = time.perf_counter() - started
         meta_params = self._meta_learner.init()
@@ -432,7 +447,11 @@ class UnsupervisedMetaLearner:
             data, partitions, self.ways, self.shots, self.queries, max_shift=self.shift_
         )
         meta_step = make_meta_step(
-            self._meta_learner, sampler, self.meta_batch, default_optimizer(self.outer_lr)
+            self._meta_learner,
+            sampler,
+            self.meta_batch,
+            default_optimizer(self.outer_lr),
+            self.mesh,
         )
         state = meta_step.init(meta_params)
         if opt_state is not None:
@@ -477,6 +496,7 @@ class UnsupervisedMetaLearner:
                 self.queries,
                 self.threshold,
                 init=init if partition == 0 else "k-means++",
+                mesh=self.mesh,
             )
             rounds.append(result)
             return result.labels

@@ -17,7 +17,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+from jax.sharding import PartitionSpec
 
+from jmeta.sharding import check_mesh, pad_rows
 from jmeta.unsupervised.validation import check_data, check_key
 from jmeta.validation import check_choice, check_non_negative_int, check_positive_int
 
@@ -80,10 +83,33 @@ def _truncate(
     )
 
 
-def _covariance_eigh(x: jax.Array, num_components: int) -> PCAResult:
-    num_samples = x.shape[0]
-    mean = jnp.mean(x, axis=0)
-    covariance = (x.T @ x - num_samples * jnp.outer(mean, mean)) / (num_samples - 1)
+def _moments(x: jax.Array, mesh) -> tuple[jax.Array, jax.Array]:
+    """``Xᵀ X`` and the column sums of ``x``; on a mesh, each device's rows' partial sums
+    added by one ``psum`` of one flat vector (zero rows of padding add nothing)."""
+
+    def local(x):
+        return x.T @ x, jnp.sum(x, axis=0)
+
+    if mesh is None:
+        return local(x)
+    axis = mesh.axis_names[0]
+
+    def summed(x):
+        flat, unravel = ravel_pytree(local(x))
+        return unravel(jax.lax.psum(flat, axis))
+
+    return jax.shard_map(
+        summed, mesh=mesh, in_specs=PartitionSpec(axis), out_specs=PartitionSpec()
+    )(x)
+
+
+def _covariance_eigh(
+    x: jax.Array, num_components: int, num_samples: int | None = None, mesh=None
+) -> PCAResult:
+    num_samples = x.shape[0] if num_samples is None else num_samples
+    gram, column_sums = _moments(x, mesh)
+    mean = column_sums / num_samples
+    covariance = (gram - num_samples * jnp.outer(mean, mean)) / (num_samples - 1)
     eigenvalues, eigenvectors = jnp.linalg.eigh(covariance)
     # eigh sorts ascending and can return tiny negative values for a PSD matrix.
     explained_variance = jnp.maximum(eigenvalues[::-1], 0)
@@ -155,11 +181,19 @@ def _randomized(
 
 
 @functools.partial(
-    jax.jit, static_argnames=("num_components", "solver", "n_oversamples", "n_power_iters")
+    jax.jit,
+    static_argnames=(
+        "num_components",
+        "solver",
+        "n_oversamples",
+        "n_power_iters",
+        "num_samples",
+        "mesh",
+    ),
 )
-def _pca(key, x, *, num_components, solver, n_oversamples, n_power_iters):
+def _pca(key, x, *, num_components, solver, n_oversamples, n_power_iters, num_samples, mesh):
     if solver == "covariance_eigh":
-        return _covariance_eigh(x, num_components)
+        return _covariance_eigh(x, num_components, num_samples, mesh)
     if solver == "full":
         return _full_svd(x, num_components)
     return _randomized(key, x, num_components, n_oversamples, n_power_iters)
@@ -173,6 +207,7 @@ def pca(
     key: Any = 0,
     n_oversamples: int = 10,
     n_power_iters: int | str = "auto",
+    mesh: jax.sharding.Mesh | None = None,
 ) -> PCAResult:
     """Principal components of the rows of ``x``, in one jitted call (one compile per shape).
 
@@ -186,6 +221,11 @@ def pca(
       n_oversamples: extra random directions of the randomized solver.
       n_power_iters: its power iterations; ``"auto"`` is scikit-learn's (7 when
         ``k < 0.1 · min(n, d)``, else 4).
+      mesh: a one-axis ``jax.sharding.Mesh`` (``jmeta.task_mesh(n)``) to split the rows
+        over: each device forms its rows' ``Xᵀ X`` and column sums, one all-reduce adds
+        them, and the ``d × d`` eigendecomposition follows on every device. Only the
+        covariance solver splits this way, so ``solver`` must be ``"auto"`` or
+        ``"covariance_eigh"``.
 
     Returns:
       ``PCAResult`` (``mean``, ``components``, ``explained_variance``,
@@ -210,6 +250,15 @@ def pca(
             f"expected at most {limit}"
         )
     check_choice("solver", solver, SOLVERS)
+    if mesh is not None:
+        check_mesh(mesh)
+        if solver not in ("auto", "covariance_eigh"):
+            raise ValueError(
+                f"solver={solver!r} cannot split its rows over a mesh; with mesh= use "
+                "solver='covariance_eigh' (or 'auto')"
+            )
+        solver = "covariance_eigh"
+        x = pad_rows(x, mesh)
     if solver == "auto":
         solver = choose_solver(num_samples, num_features, num_components)
     n_oversamples = check_non_negative_int("n_oversamples", n_oversamples)
@@ -223,6 +272,8 @@ def pca(
         solver=solver,
         n_oversamples=n_oversamples,
         n_power_iters=n_power_iters,
+        num_samples=num_samples,
+        mesh=mesh,
     )
 
 

@@ -176,6 +176,7 @@ def self_train_partition(
     temperature_tasks: int = 256,
     temperature_steps: int = 300,
     max_iter: int = 100,
+    mesh: Any = None,
 ) -> SelfTrainingRound:
     """One self-training round on one partition (the module docstring's steps 1-3).
 
@@ -189,10 +190,11 @@ def self_train_partition(
         round's, recomputed in these features).
       temperature_tasks, temperature_steps: tasks and Adam steps that learn ``log T``.
       max_iter: Lloyd iterations.
+      mesh: split the k-means's rows over this one-axis mesh (``kmeans``'s ``mesh``).
     """
     embedding = jnp.asarray(embedding)
     kmeans_key, temperature_key = jax.random.split(key)
-    clusters = kmeans(kmeans_key, embedding, num_clusters, init=init, max_iter=max_iter)
+    clusters = kmeans(kmeans_key, embedding, num_clusters, init=init, max_iter=max_iter, mesh=mesh)
     partitions = make_partitions(clusters.labels[None, :], num_clusters, shots + queries)
     usable = int(np.asarray(partitions.usable).sum())
     if usable < ways:

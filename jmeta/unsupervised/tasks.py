@@ -100,6 +100,7 @@ def cactus_partitions(
     n_init: int = 1,
     max_iter: int = 100,
     cluster: Callable | None = None,
+    mesh: Any = None,
 ) -> tuple[Partitions, jax.Array]:
     """CACTUs' ``P`` k-means partitions of ``embedding`` ``(n, d)``.
 
@@ -120,6 +121,7 @@ def cactus_partitions(
       n_init, max_iter: passed to ``kmeans``.
       cluster: ``(key, scaled_embedding, partition) -> labels (n,)`` in place of plain
         k-means (self-training passes its confidence-filtered clustering; ``-1`` labels allowed).
+      mesh: split every k-means's rows over this one-axis mesh (``kmeans``'s ``mesh``).
 
     Returns:
       ``(partitions, factors)``, ``factors`` ``(P, d)`` the scale of each partition's
@@ -140,7 +142,7 @@ def cactus_partitions(
             scaled = embedding * factors[None, :]
             if cluster is None:
                 partition_labels = kmeans(
-                    kmeans_key, scaled, num_clusters, n_init=n_init, max_iter=max_iter
+                    kmeans_key, scaled, num_clusters, n_init=n_init, max_iter=max_iter, mesh=mesh
                 ).labels
             else:
                 partition_labels = cluster(kmeans_key, scaled, partition)
