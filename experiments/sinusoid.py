@@ -22,14 +22,14 @@ import jax.numpy as jnp
 from jmeta import algorithms
 from jmeta.config import MetaTraining
 from jmeta.evaluate import evaluate, summarise
-from jmeta.models import mlp_learner
+from jmeta.models import COMPUTE_DTYPES, mlp_learner
 from jmeta.objective import make_meta_learner
 from jmeta.runs import RunDir
 from jmeta.sharding import mesh_for
 from jmeta.stats import csv_table, format_mean_ci, markdown_table
 from jmeta.tasks import make_sinusoid_sampler, sample_tasks, sinusoid_curve
 from jmeta.training import train
-from jmeta.validation import check_fields
+from jmeta.validation import check_choice, check_fields
 
 PUBLISHED_K5 = {"maml": (0.67, 0.38, 0.35), "pretrained": (2.41, 2.23, 2.19)}
 LABELS = {
@@ -65,9 +65,12 @@ class Config(MetaTraining):
     seed: int = 0
     log_every: int = 250
     checkpoint_every: int = 5000
+    # "bfloat16": the network's passes in bfloat16, weights and updates float32.
+    compute_dtype: str = "float32"
 
     def check(self) -> None:
         super().check()
+        check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         for method in self.methods:
             algorithms.algorithm_config(method)  # unknown names fail before any training
         # Bad values fail by their field's name, not after training (outer_lr=nan trained silently).
@@ -103,7 +106,10 @@ def _train(config: Config, run: RunDir, method: str, shots: int, progress: bool)
     meta_learner = make_meta_learner(
         learner,
         algorithms.algorithm_config(
-            algorithm, num_inner_steps=config.num_inner_steps, inner_lr=config.inner_lr
+            algorithm,
+            num_inner_steps=config.num_inner_steps,
+            inner_lr=config.inner_lr,
+            compute_dtype=config.compute_dtype,
         ),
     )
     if method == "pretrained":

@@ -302,3 +302,31 @@ def with_linear_head(embedding: Learner, sample_x: jax.Array, ways: int) -> Lear
         return embedding.apply_fn(p["body"], x) @ p["head"]["kernel"] + p["head"]["bias"][None, :]
 
     return Learner(f"{embedding.name}+head", apply_fn, params, input_shape=embedding.input_shape)
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def computing_in(learner: Learner, dtype: str) -> Learner:
+    """``learner`` whose forward pass runs in ``dtype`` (``"bfloat16"``): its params and
+    inputs are cast on the way in and its outputs back to float32 on the way out, so the
+    weights it is given (meta-parameters and adapted ones), their gradients and the loss
+    stay float32. ``"float32"`` returns ``learner`` unchanged.
+
+    The fast weights stay float32 on purpose: an inner update ``lr * grad`` is often below
+    half a bfloat16 ulp of the weight it updates (13% of them on sinusoid MAML), so weights
+    stored in bfloat16 barely adapt (held-out MSE 2.06 against 0.84 in float32; casting
+    only inside the forward pass gave 0.82).
+    """
+    if dtype == "float32":
+        return learner
+    compute = jnp.dtype(dtype)
+
+    def cast(leaf):
+        return leaf.astype(compute) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+
+    def apply_fn(params, x):
+        outputs = learner.apply_fn(jax.tree_util.tree_map(cast, params), cast(jnp.asarray(x)))
+        return outputs.astype(jnp.float32)
+
+    return learner._replace(apply_fn=apply_fn)

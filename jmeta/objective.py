@@ -24,7 +24,7 @@ import numpy as np
 from jmeta.execution import CPU, Execution
 from jmeta.inner import RATE_KINDS, REMAT_KINDS, init_log_rate, make_adapt
 from jmeta.losses import LOSSES, get_loss
-from jmeta.models import Learner, head_mask
+from jmeta.models import COMPUTE_DTYPES, Learner, computing_in, head_mask
 from jmeta.strategy import ACTIVATIONS, combine_outputs
 from jmeta.task_checks import make_task_check
 from jmeta.tasks.base import Batch, Task, validate_tasks
@@ -62,6 +62,9 @@ class MetaLearnerConfig:
       freeze: path prefixes of meta-parameters the outer loop leaves alone, e.g.
         ``("strategy",)``, ``("learners/0",)``, ``("log_inner_lr",)``. A fixed inner rate and
         the strategy of a single learner are always frozen.
+      compute_dtype: ``"float32"`` or ``"bfloat16"``: the dtype of the base learners'
+        forward (and backward) passes. Meta-parameters, adapted weights, inner updates,
+        losses and optimizer state stay float32 (``jmeta.models.computing_in`` says why).
     """
 
     num_inner_steps: int = 1
@@ -73,6 +76,7 @@ class MetaLearnerConfig:
     activation: str = "softmax"
     remat: str = "none"
     freeze: tuple[str, ...] = ()
+    compute_dtype: str = "float32"
 
     def __post_init__(self):
         check_positive_int("num_inner_steps", self.num_inner_steps)
@@ -83,6 +87,7 @@ class MetaLearnerConfig:
         check_choice("remat", self.remat, REMAT_KINDS)
         check_choice("loss", self.loss, LOSSES)
         check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         if isinstance(self.freeze, str):
             raise ValueError(
                 f"freeze must be a tuple of path prefixes, got the string {self.freeze!r}"
@@ -276,6 +281,7 @@ def make_meta_learner(
     for learner in learners:
         check_adapt_mask(learner)
     check_tasks = make_task_check(learners, config.loss)
+    learners = tuple(computing_in(l, config.compute_dtype) for l in learners)
 
     loss_fn = get_loss(config.loss)
     adapt_all = make_adapt(

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from jmeta.execution import CPU, Execution
 from jmeta.losses import cross_entropy
-from jmeta.models import Learner
+from jmeta.models import Learner, computing_in
 from jmeta.objective import MetaLearner, MetaLearnerConfig, MetaParams, mean_task_grad, over_tasks
 from jmeta.task_checks import make_task_check
 from jmeta.tasks.base import Task
@@ -33,15 +33,23 @@ def prototype_logits(query_embeddings: jax.Array, class_prototypes: jax.Array) -
     return -jnp.sum(jnp.square(differences), axis=-1)
 
 
-def make_protonet(embedding: Learner, ways: int, *, execution: Execution = CPU) -> MetaLearner:
+def make_protonet(
+    embedding: Learner,
+    ways: int,
+    *,
+    execution: Execution = CPU,
+    compute_dtype: str = "float32",
+) -> MetaLearner:
     """A prototypical network over ``embedding`` (e.g. ``conv4_learner(key, ways=0)``).
 
     ``execution`` schedules it as it does a gradient-based meta-learner (its
-    ``task_chunk``: 0 vmaps over all tasks at once).
+    ``task_chunk``: 0 vmaps over all tasks at once); ``compute_dtype="bfloat16"`` runs the
+    embedding in bfloat16, its parameters and the distances staying float32.
     """
     ways = check_positive_int("ways", ways)
-    config = MetaLearnerConfig(loss="ce")
+    config = MetaLearnerConfig(loss="ce", compute_dtype=compute_dtype)
     check_tasks = make_task_check((embedding,), "ce", classes=ways)
+    embedding = computing_in(embedding, compute_dtype)
 
     def init() -> MetaParams:
         return MetaParams((embedding.params,), (jnp.zeros(()),), jnp.zeros((1,)))
