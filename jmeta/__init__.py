@@ -21,6 +21,7 @@ from jmeta.models import (
 from jmeta.objective import MetaLearner, MetaLearnerConfig, MetaParams, make_meta_learner
 from jmeta.outer import MetaState, MetaStep, default_optimizer, make_meta_step
 from jmeta.protonet import make_protonet
+from jmeta.sharding import task_mesh
 from jmeta.stats import mean_ci95
 from jmeta.strategy import strategy_weights
 from jmeta.tasks import (

@@ -140,9 +140,15 @@ def _describe(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["bench"]:  # its own parser: jmeta bench --help lists its options
+        from jmeta.bench import main as bench
+
+        return bench(arguments[1:])
     parser = argparse.ArgumentParser(prog="jmeta", description="Run jmeta experiments.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="show the experiments and their config fields")
+    commands.add_parser("bench", help="benchmark the workloads on this machine's devices")
     run_parser = commands.add_parser("run", help="run an experiment")
     run_parser.add_argument("experiment", nargs="?", help="experiment name (see `jmeta list`)")
     run_parser.add_argument(
