@@ -148,6 +148,7 @@ def _lloyd(shape: str, config: Config) -> list[dict]:
         n_init=1,
         chunk_size=default_chunk_size(rows, k),
         num_local_trials=2,
+        mesh=None,
     )
     common = {"workload": "lloyd", "shape": shape}
     return [

@@ -281,7 +281,11 @@ def core_suite(sizes: Sizes, ceiling: dict, budget: Callable[[str], bool]) -> li
                 ceiling=ceiling,
             )
         )
-    records.extend(_torch_rows(sizes))
+    for torch_row in _torch_rows(sizes):
+        same = [r for r in records if r["row"] == torch_row["row"]]
+        if same and "seconds_median" in torch_row:
+            torch_row["jmeta_speed_up"] = torch_row["seconds_median"] / same[0]["seconds_median"]
+        records.append(torch_row)
     if not budget("sinusoid-maml-remat"):
         return records
     # Peak memory against inner steps, for each remat.
@@ -376,6 +380,7 @@ def _torch_rows(sizes: Sizes) -> list[dict]:
             "shapes": {"meta_batch": batch, "shots": 10, "queries": 10},
             "seconds_median": 1 / measured["meta_steps_per_second"],
             "tasks_per_second": measured["tasks_per_second"],
+            "jmeta_speed_up": None,  # set by core_suite against its row of the same meta-batch
             "torch": measured,
         }
     ]
@@ -409,7 +414,8 @@ def fewshot_suite(sizes: Sizes, ceiling: dict, budget: Callable[[str], bool]) ->
         state = steps[name].init(learner.init())
         rows[name] = (jax.jit(steps[name].step), (state, jax.random.key(0)))
     records = []
-    for name, timed in time_rows(rows, sizes).items():
+    timed_rows = time_rows(rows, sizes)
+    for name, timed in timed_rows.items():
         records.append(
             record(
                 f"conv4-{name}-5way1shot",
@@ -421,7 +427,65 @@ def fewshot_suite(sizes: Sizes, ceiling: dict, budget: Callable[[str], bool]) ->
                 ceiling=ceiling,
             )
         )
+    records.extend(_torch_conv4_rows(sizes, statistics.median(timed_rows["maml"][2])))
     return records
+
+
+def _torch_conv4_rows(sizes: Sizes, jmeta_seconds: float) -> list[dict]:
+    """conv4 MAML through PyTorch (a learn2learn-style loop) and learn2learn's own ``MAML``
+    where they are installed, on the same 5-way 1-shot episodes; each with jmeta's speed-up."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return []
+    from types import SimpleNamespace
+
+    from jmeta.experiments import _torch_baselines as baselines
+
+    config = SimpleNamespace(
+        seed=0,
+        filters=sizes.conv_filters,
+        ways=5,
+        shots=1,
+        queries=5,
+        image_size=28,
+        meta_batch=sizes.conv_meta_batch,
+    )
+    made = {"torch-loop": lambda: baselines.conv4_maml_loop(config, 1)}
+    try:
+        maml_class = baselines.load_maml()
+    except Exception:  # noqa: BLE001 - learn2learn is optional
+        maml_class = None
+    if maml_class is not None:
+        made["learn2learn"] = lambda: baselines.learn2learn_conv4_maml(config, 1, maml_class)
+    rows = []
+    for name, make in made.items():
+        try:
+            built = make()
+            if built is None:
+                continue
+            call, info = built
+            seconds = alternating({name: call}, sizes.min_seconds, sizes.min_calls)[name]
+        except Exception as error:  # noqa: BLE001 - a failing baseline is reported, not fatal
+            rows.append(
+                {"workload": "conv4-maml-5way1shot-torch", "row": name, "error": repr(error)}
+            )
+            continue
+        median = statistics.median(seconds)
+        rows.append(
+            {
+                "workload": "conv4-maml-5way1shot-torch",
+                "row": name,
+                "shapes": {"meta_batch": sizes.conv_meta_batch, "filters": sizes.conv_filters},
+                "seconds_median": median,
+                "seconds_spread": max(seconds) - min(seconds),
+                "seconds_raw": seconds,
+                "tasks_per_second": sizes.conv_meta_batch / median,
+                "jmeta_speed_up": median / jmeta_seconds,
+                "torch": info,
+            }
+        )
+    return rows
 
 
 def unsupervised_suite(sizes: Sizes, ceiling: dict, budget: Callable[[str], bool]) -> list[dict]:

@@ -99,7 +99,6 @@ def unsupervised_cases(mesh) -> dict:
             "centres": max_difference(one.centres, many.centres),
             "inertia_relative": float(abs(one.inertia - many.inertia) / one.inertia),
             "labels_equal": bool(np.array_equal(one.labels, many.labels)),
-            "labels_sharded": not many.labels.sharding.is_fully_replicated,
             "relocated_centres": max_difference(relocated_one.centres, relocated_many.centres),
             "relocated_labels_equal": bool(
                 np.array_equal(relocated_one.labels, relocated_many.labels)
@@ -114,6 +113,52 @@ def unsupervised_cases(mesh) -> dict:
                 spread.explained_variance / first.explained_variance[0],
             ),
         },
+    }
+
+
+def meta_learner_cases(mesh) -> dict:
+    """The supervised and unsupervised meta-learners with and without ``mesh``."""
+    from jmeta.supervised import SupervisedMetaLearner
+    from jmeta.unsupervised import UnsupervisedMetaLearner
+
+    tasks = jmeta.sample_tasks(jmeta.make_sinusoid_sampler(5, 5), jax.random.key(8), 16)
+    learners = [
+        jmeta.mlp_learner(jax.random.key(0), hidden=(8,)),
+        jmeta.linear_learner(jax.random.key(1)),
+    ]
+    histories = [
+        SupervisedMetaLearner(learners, loss="mse", optimizer="adam", max_iter=5, mesh=where).train(
+            *tasks.support, *tasks.query
+        )
+        for where in (None, mesh)
+    ]
+    centres = 3 * jax.random.normal(jax.random.key(9), (6, 12))
+    points = np.asarray(
+        jax.random.normal(jax.random.key(10), (240, 12)) * 0.5 + centres[np.arange(240) % 6]
+    )
+    models = [
+        UnsupervisedMetaLearner(
+            ways=3,
+            shots=1,
+            queries=2,
+            rounds=1,
+            steps_per_round=4,
+            meta_batch=8,
+            n_components=4,
+            n_partitions=2,
+            progress=False,
+            log_every=2,
+            mesh=where,
+        ).fit(points)
+        for where in (None, mesh)
+    ]
+    return {
+        "supervised_loss": max_difference(histories[0]["loss"], histories[1]["loss"]),
+        "supervised_loss_moved": float(abs(histories[0]["loss"][-1] - histories[0]["loss"][0])),
+        "unsupervised_params": max_difference(models[0].meta_params_, models[1].meta_params_),
+        "unsupervised_labels_equal": bool(
+            np.array_equal(models[0].pseudo_labels_, models[1].pseudo_labels_)
+        ),
     }
 
 
@@ -144,11 +189,13 @@ def main() -> None:
     warnings.simplefilter("error")  # e.g. "donated buffers were not usable"
     mesh = task_mesh(8)
     out = {"devices": len(jax.devices())}
-    groups = sys.argv[1:] or ["gradients", "unsupervised", "errors"]
+    groups = sys.argv[1:] or ["gradients", "unsupervised", "meta_learners", "errors"]
     if "gradients" in groups:
         out["gradients"] = gradient_cases(mesh)
     if "unsupervised" in groups:
         out["unsupervised"] = unsupervised_cases(mesh)
+    if "meta_learners" in groups:
+        out["meta_learners"] = meta_learner_cases(mesh)
     if "errors" in groups:
         out["errors"] = error_cases(mesh)
     print(json.dumps(out))

@@ -59,15 +59,8 @@ def results(folder) -> dict:
         return json.load(f)
 
 
-def test_two_processes_equal_one(tmp_path):
-    one = tmp_path / "one"
-    # One process with 4 simulated devices: the same 4-device mesh as 2 processes x 2.
-    done = subprocess.run(
-        jmeta("--cpu-devices", "4", "--out", str(one)), capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-
-    two = tmp_path / "two"
+def two_processes(where: list[str]) -> list[tuple[str, str]]:
+    """Runs the tiny sinusoid command as processes 0 and 1 of one run on a free port."""
     port = free_port()
     hosts = [
         subprocess.Popen(
@@ -80,8 +73,7 @@ def test_two_processes_equal_one(tmp_path):
                 "2",
                 "--process-id",
                 str(index),
-                "--out",
-                str(two),
+                *where,
             ),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -96,6 +88,19 @@ def test_two_processes_equal_one(tmp_path):
             host.kill()
     for host, (_, err) in zip(hosts, outputs):
         assert host.returncode == 0, err[-3000:]
+    return outputs
+
+
+def test_two_processes_equal_one(tmp_path):
+    one = tmp_path / "one"
+    # One process with 4 simulated devices: the same 4-device mesh as 2 processes x 2.
+    done = subprocess.run(
+        jmeta("--cpu-devices", "4", "--out", str(one)), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    two = tmp_path / "two"
+    outputs = two_processes(["--out", str(two)])
 
     assert_close(results(two), results(one))
     # Process 0 alone logged: each step's line once.
@@ -107,3 +112,23 @@ def test_two_processes_equal_one(tmp_path):
     assert checkpoints and all(name.endswith(".orbax") for name in checkpoints)
     assert any(name.endswith(".npz") for name in os.listdir(one / "checkpoints"))
     assert "run folder" in outputs[0][1] and "run folder" not in outputs[1][1]
+
+    # Without its evaluation results, the run resumed by both processes restores its last
+    # orbax checkpoint (the global state, on the two processes' devices), evaluates the
+    # restored meta-parameters again and writes the same numbers.
+    before = results(two)
+    with open(two / "metrics.jsonl") as f:
+        metrics = f.read()
+    saved = {name: os.stat(two / "checkpoints" / name).st_mtime_ns for name in checkpoints}
+    for name in os.listdir(two / "stages"):
+        os.unlink(two / "stages" / name)
+    os.unlink(two / "results.json")
+    two_processes(["--resume", str(two)])
+    assert_close(results(two), before)
+    # Restored, not trained again: no checkpoint was written anew.
+    assert {
+        name: os.stat(two / "checkpoints" / name).st_mtime_ns
+        for name in os.listdir(two / "checkpoints")
+    } == saved
+    with open(two / "metrics.jsonl") as f:
+        assert f.read() == metrics

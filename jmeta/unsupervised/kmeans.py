@@ -341,8 +341,7 @@ def kmeans(
         padded to a multiple of the mesh with rows of weight zero, which change nothing.
 
     Returns:
-      ``KMeansResult(centres, labels, inertia, num_iters)`` (on a mesh, ``labels`` stay
-      sharded by row).
+      ``KMeansResult(centres, labels, inertia, num_iters)``.
 
     Example::
 

@@ -158,7 +158,9 @@ def cactus_partitions(
                 f"ways = {min_usable} are needed; use fewer clusters, ways, shots or queries, or "
                 "more data"
             )
-        labels.append(partition_labels)
+        # The host copy: labels of a k-means on a mesh are sharded by row, and a task
+        # sampler that closes over mesh-sharded arrays cannot run inside shard_map.
+        labels.append(jnp.asarray(kept))
         scales.append(factors)
     return make_partitions(jnp.stack(labels), num_clusters, min_size), jnp.stack(scales)
 
