@@ -43,7 +43,9 @@ def compare(meta_learner, sampler, steps: int, mesh, hlo: bool = False) -> dict:
     sharded, sharded_metrics = many.run(many.init(meta_learner.init()), key, steps)
     start = meta_learner.init()
     moved = max_difference(single.meta_params, start)
-    compiled = many.step.lower(many.init(start), key).compile().as_text() if hlo else ""
+    # The scanned steps' program, as compiled for the call above (a cache hit): its loop
+    # body is one meta-step.
+    compiled = many.run.lower(many.init(start), key, steps).compile().as_text() if hlo else ""
     return {
         "params": max_difference(single.meta_params, sharded.meta_params),
         "moved": moved,
