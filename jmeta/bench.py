@@ -31,7 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jmeta.benchmark import alternating, compile_timed, memory_record
+from jmeta.benchmark import (
+    alternating,
+    compile_timed,
+    machine_record,
+    matmul_peak,
+    memory_record,
+    xla_flops,
+)
 from jmeta.checkpoint import atomic_write_json, atomic_write_text
 
 SCHEMA_VERSION = 1
@@ -103,6 +110,7 @@ def environment_record(command: list[str]) -> dict:
     devices = jax.devices()
     commit = _git("rev-parse", "HEAD")
     return {
+        **machine_record(),
         "schema_version": SCHEMA_VERSION,
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": commit or "unknown (not a git checkout)",
@@ -115,9 +123,6 @@ def environment_record(command: list[str]) -> dict:
         "environment": {
             name: os.environ[name] for name in KERNEL_ENVIRONMENT if name in os.environ
         },
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "backend": jax.default_backend(),
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),
         "process_count": jax.process_count(),
@@ -137,21 +142,13 @@ def device_memory() -> dict:
 # ---- the device's own ceilings ---------------------------------------------------------
 
 
-def _median_seconds(call: Callable[[], Any], min_seconds: float, min_calls: int) -> list[float]:
-    return alternating({"call": call}, min_seconds, min_calls)["call"]
-
-
 def ceilings(sizes: Sizes) -> dict:
     """float32 and bfloat16 matmul FLOP/s and a device-to-device copy's bytes/s."""
     size = 256 if sizes is TINY else 4096
-    found = {}
-    for dtype in ("float32", "bfloat16"):
-        a = jnp.ones((size, size), dtype)
-        matmul = jax.jit(lambda x: x @ x)
-        seconds = _median_seconds(
-            lambda: jax.block_until_ready(matmul(a)), sizes.min_seconds, sizes.min_calls
-        )
-        found[f"matmul_{dtype}_flops_per_second"] = 2 * size**3 / statistics.median(seconds)
+    found = {
+        f"matmul_{dtype}_flops_per_second": matmul_peak(size, sizes.min_seconds, dtype)
+        for dtype in ("float32", "bfloat16")
+    }
     devices = jax.devices()
     x = jax.device_put(jnp.ones((size * size * 4,), jnp.float32), devices[0])
     target = devices[1] if len(devices) > 1 else devices[0]
@@ -160,7 +157,7 @@ def ceilings(sizes: Sizes) -> dict:
         if len(devices) > 1
         else (lambda: jax.block_until_ready(jnp.copy(x)))
     )
-    seconds = _median_seconds(copy, sizes.min_seconds, sizes.min_calls)
+    seconds = alternating({"copy": copy}, sizes.min_seconds, sizes.min_calls)["copy"]
     found["copy_bytes_per_second"] = x.nbytes / statistics.median(seconds)
     found["copy"] = f"{devices[0]} -> {target}" + ("" if len(devices) > 1 else " (same device)")
     return found
@@ -169,35 +166,47 @@ def ceilings(sizes: Sizes) -> dict:
 # ---- one timed workload ---------------------------------------------------------------
 
 
-def _flops(compiled) -> float | None:
+def _flops(jitted, args: tuple, compiled) -> float | None:
+    """XLA's FLOP count: ``jmeta.benchmark.xla_flops`` (lowered for the CPU, since XLA:GPU's
+    compiled cost analysis gives none), else the compiled program's own count (a mesh of
+    accelerators cannot be lowered for the CPU)."""
+    shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
     try:
-        cost = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001
-        return None
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    value = (cost or {}).get("flops")
+        value = xla_flops(jitted, *shapes)
+    except Exception:  # noqa: BLE001 - fall back to the compiled program's analysis
+        value = float("nan")
+    if not value == value:  # nan
+        try:
+            cost = compiled.cost_analysis()
+        except Exception:  # noqa: BLE001
+            return None
+        if isinstance(cost, (list, tuple)):
+            cost = cost[0] if cost else {}
+        value = (cost or {}).get("flops")
     return float(value) if value is not None and value >= 0 else None
 
 
 def time_rows(
     rows: dict[str, tuple[Callable, tuple]], sizes: Sizes
-) -> dict[str, tuple[Any, dict, list[float]]]:
+) -> dict[str, tuple[Any, dict, list[float], float | None]]:
     """Compiles each row's ``(jitted, args)`` apart, then times them in alternating rounds;
-    returns ``(compiled, compile seconds, raw seconds)`` per row."""
+    returns ``(compiled, compile seconds, raw seconds, XLA FLOPs)`` per row."""
     compiled = {name: compile_timed(jitted, *args) for name, (jitted, args) in rows.items()}
     calls = {
         name: (lambda c=compiled[name][0], a=rows[name][1]: jax.block_until_ready(c(*a)))
         for name in rows
     }
     seconds = alternating(calls, sizes.min_seconds, sizes.min_calls)
-    return {name: (compiled[name][0], compiled[name][1], seconds[name]) for name in rows}
+    return {
+        name: (*compiled[name], seconds[name], _flops(*rows[name], compiled[name][0]))
+        for name in rows
+    }
 
 
 def record(
     workload: str,
     row: str,
-    timed: tuple[Any, dict, list[float]],
+    timed: tuple[Any, dict, list[float], float | None],
     *,
     shapes: dict,
     tasks_per_call: int | None,
@@ -207,9 +216,8 @@ def record(
     dtype: str = "float32",
 ) -> dict:
     """One row's record: its shapes, the compile split, timings, memory, FLOPs, correctness."""
-    compiled, compile_seconds, seconds = timed
+    compiled, compile_seconds, seconds, flops = timed
     median = statistics.median(seconds)
-    flops = _flops(compiled)
     peak = ceiling.get(f"matmul_{dtype}_flops_per_second")
     return {
         "workload": workload,
@@ -243,6 +251,12 @@ def _sinusoid_maml(num_inner_steps: int = 1, remat: str = "none", dtype: str = "
     return jmeta.make_meta_learner(learner, config, jmeta.execution_preset("gpu"))
 
 
+def _step_row(meta_step, meta_learner) -> tuple[Callable, tuple]:
+    """A row of ``time_rows``: the meta-step jitted again without its donation (the timed
+    calls reuse one state) and its arguments."""
+    return jax.jit(meta_step.step), (meta_step.init(meta_learner.init()), jax.random.key(0))
+
+
 def _loss_after(meta_step, meta_learner, steps: int = 5) -> dict:
     """The meta-loss before and after ``steps`` meta-steps: a row that computes nonsense fast
     shows a loss that does not fall (or is not finite)."""
@@ -266,8 +280,7 @@ def core_suite(sizes: Sizes, ceiling: dict, budget: Callable[[str], bool]) -> li
     rows, steps = {}, {}
     for batch in sizes.meta_batches:
         steps[batch] = jmeta.make_meta_step(maml, sampler, batch)
-        state = steps[batch].init(maml.init())
-        rows[f"meta_batch={batch}"] = (jax.jit(steps[batch].step), (state, jax.random.key(0)))
+        rows[f"meta_batch={batch}"] = _step_row(steps[batch], maml)
     for name, timed in time_rows(rows, sizes).items():
         batch = int(name.split("=")[1])
         records.append(
@@ -295,12 +308,7 @@ def core_suite(sizes: Sizes, ceiling: dict, budget: Callable[[str], bool]) -> li
         for inner in sizes.inner_steps:
             learner = _sinusoid_maml(inner, remat)
             makers[(remat, inner)] = (jmeta.make_meta_step(learner, sampler, batch), learner)
-            meta_step = makers[(remat, inner)][0]
-            state = meta_step.init(learner.init())
-            rows[f"remat={remat},inner_steps={inner}"] = (
-                jax.jit(meta_step.step),
-                (state, jax.random.key(0)),
-            )
+            rows[f"remat={remat},inner_steps={inner}"] = _step_row(*makers[(remat, inner)])
     for name, timed in time_rows(rows, sizes).items():
         remat, inner = name.split(",")[0].split("=")[1], int(name.split("=")[-1])
         meta_step, learner = makers[(remat, inner)]
@@ -324,10 +332,7 @@ def core_suite(sizes: Sizes, ceiling: dict, budget: Callable[[str], bool]) -> li
             break
         meta_step = jmeta.make_meta_step(maml, sampler, sizes.scaling_batch, mesh=task_mesh(count))
         meshed[count] = meta_step
-        rows[f"devices={count}"] = (
-            jax.jit(meta_step.step),  # without the step's donation: the rows reuse one state
-            (meta_step.init(maml.init()), jax.random.key(0)),
-        )
+        rows[f"devices={count}"] = _step_row(meta_step, maml)
     timed_rows = time_rows(rows, sizes)
     one = statistics.median(timed_rows["devices=1"][2])
     for name, timed in timed_rows.items():
@@ -411,8 +416,7 @@ def fewshot_suite(sizes: Sizes, ceiling: dict, budget: Callable[[str], bool]) ->
     rows, steps = {}, {}
     for name, learner in learners.items():
         steps[name] = jmeta.make_meta_step(learner, sampler, sizes.conv_meta_batch)
-        state = steps[name].init(learner.init())
-        rows[name] = (jax.jit(steps[name].step), (state, jax.random.key(0)))
+        rows[name] = _step_row(steps[name], learner)
     records = []
     timed_rows = time_rows(rows, sizes)
     for name, timed in timed_rows.items():

@@ -182,10 +182,10 @@ def xla_flops(jitted, *shapes) -> float:
     return float(cost.get("flops", float("nan")))
 
 
-def matmul_peak(size: int, seconds: float = 1.0) -> float:
-    """FLOP/s of a float32 ``size x size`` matmul on the default device: the yardstick for
-    the fraction of peak a workload reaches."""
-    a = jnp.ones((size, size), jnp.float32)
+def matmul_peak(size: int, seconds: float = 1.0, dtype: str = "float32") -> float:
+    """FLOP/s of a ``size x size`` matmul in ``dtype`` on the default device: the yardstick
+    for the fraction of peak a workload reaches."""
+    a = jnp.ones((size, size), dtype)
     matmul = jax.jit(lambda x: x @ x)
     jax.block_until_ready(matmul(a))
     start, calls = time.perf_counter(), 0

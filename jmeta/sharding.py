@@ -69,7 +69,7 @@ def check_devices(devices: Any, **batches: int) -> int:
         )
     if devices == 1:
         return 1
-    mesh = task_mesh(None if devices == 0 else int(devices))
+    mesh = mesh_for(int(devices))
     for name, size in batches.items():
         check_divides(name, size, mesh)
     return int(devices)
@@ -150,11 +150,17 @@ def pad_rows(arrays: Any, mesh: Mesh) -> Any:
     return jax.tree_util.tree_map(put, arrays)
 
 
-def mean_over(tree: Any, axis: str) -> Any:
-    """The mean of ``tree`` over mesh ``axis`` as one ``psum`` of one flat vector: XLA emits
+def sum_over(tree: Any, axis: str) -> Any:
+    """The sum of ``tree`` over mesh ``axis`` as one ``psum`` of one flat vector: XLA emits
     one all-reduce whatever the tree's size, instead of relying on its combiner."""
     flat, unravel = ravel_pytree(tree)
-    return unravel(jax.lax.psum(flat, axis) / jax.lax.axis_size(axis))
+    return unravel(jax.lax.psum(flat, axis))
+
+
+def mean_over(tree: Any, axis: str) -> Any:
+    """The mean of ``tree`` over mesh ``axis``, one all-reduce (``sum_over``)."""
+    size = jax.lax.axis_size(axis)
+    return jax.tree_util.tree_map(lambda leaf: leaf / size, sum_over(tree, axis))
 
 
 def sharded_task_gradient(
@@ -227,20 +233,3 @@ def start_processes(
         jax.config.update("jax_num_cpu_devices", int(cpu_devices))
     if detect or coordinator is not None or num_processes is not None or process_id is not None:
         jax.distributed.initialize(coordinator, num_processes, process_id)
-
-
-def is_writer() -> bool:
-    """Whether this process writes logs, metrics and checkpoints: process 0 alone."""
-    return jax.process_index() == 0
-
-
-def to_host(tree: Any) -> Any:
-    """``tree`` as numpy arrays in every process; a replicated array is read from a local
-    copy, so this never needs a collective."""
-
-    def fetch(leaf):
-        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-            return np.asarray(leaf.addressable_data(0))
-        return np.asarray(leaf)
-
-    return jax.tree_util.tree_map(fetch, tree)

@@ -22,10 +22,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec
 
-from jmeta.sharding import check_mesh, pad_rows
+from jmeta.sharding import check_mesh, pad_rows, sum_over
 from jmeta.unsupervised.distances import (
     default_chunk_size,
     map_row_chunks,
@@ -172,10 +171,7 @@ def _lloyd(
     weighted_x = x * sample_weight[:, None]
 
     def total(*parts):
-        if axis is None:
-            return parts
-        flat, unravel = ravel_pytree(parts)
-        return unravel(jax.lax.psum(flat, axis))
+        return parts if axis is None else sum_over(parts, axis)
 
     def candidates(labels, sq_distances):
         found = _farthest(x, sample_weight, labels, sq_distances, num_clusters)

@@ -17,10 +17,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec
 
-from jmeta.sharding import check_mesh, pad_rows
+from jmeta.sharding import check_mesh, pad_rows, sum_over
 from jmeta.unsupervised.validation import check_data, check_key
 from jmeta.validation import check_choice, check_non_negative_int, check_positive_int
 
@@ -93,13 +92,11 @@ def _moments(x: jax.Array, mesh) -> tuple[jax.Array, jax.Array]:
     if mesh is None:
         return local(x)
     axis = mesh.axis_names[0]
-
-    def summed(x):
-        flat, unravel = ravel_pytree(local(x))
-        return unravel(jax.lax.psum(flat, axis))
-
     return jax.shard_map(
-        summed, mesh=mesh, in_specs=PartitionSpec(axis), out_specs=PartitionSpec()
+        lambda x: sum_over(local(x), axis),
+        mesh=mesh,
+        in_specs=PartitionSpec(axis),
+        out_specs=PartitionSpec(),
     )(x)
 
 
