@@ -75,6 +75,7 @@ class Config:
     omniglot: str = os.path.join(SHARED, "images_background.npz")
     eval: str = ""
     holdout_from: int = 708
+    cache: bool = True  # the resized Omniglot images beside the .npz (load_omniglot_arrays)
     mnist: str = ""
     # The unsupervised meta-learner (UnsupervisedMetaLearner's fields).
     algorithm: str = "protonet"
@@ -148,14 +149,14 @@ def load_split(config: Config) -> tuple[np.ndarray, np.ndarray, ClassImages, str
     """``(fit images (n, H, W, 1), their labels (scoring only), test classes, description)``."""
     if config.dataset == "omniglot":
         if config.eval:
-            background = load_omniglot_arrays(config.omniglot)
-            test = load_omniglot_arrays(config.eval)
+            background = load_omniglot_arrays(config.omniglot, cache=config.cache)
+            test = load_omniglot_arrays(config.eval, cache=config.cache)
             description = (
                 f"fit on all {len(background.class_names)} characters, tested on {config.eval}"
             )
         else:
             # One read of the file: the fit and test characters are two slices of it.
-            every = load_omniglot_arrays(config.omniglot)
+            every = load_omniglot_arrays(config.omniglot, cache=config.cache)
             total = len(every.class_names)
             if not 0 < config.holdout_from < total:
                 raise ValueError(f"holdout_from must be in (0, {total}), got {config.holdout_from}")

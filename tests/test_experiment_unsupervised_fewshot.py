@@ -137,7 +137,7 @@ def test_omniglot_split_holds_out_rows_or_fits_everything_when_eval_is_given(tmp
     fit_x, fit_y, test, _ = experiment.load_split(held_out)
     chex.assert_shape(fit_x, (8, 28, 28, 1))
     np.testing.assert_array_equal(fit_y, [0, 0, 1, 1, 2, 2, 3, 3])
-    assert test.class_names == ("row 4", "row 5")
+    assert test.class_names == ("background/0005", "background/0006")
     full = dataclasses.replace(held_out, eval=str(tmp_path / "evaluation.npz"))
     fit_x, _, test, _ = experiment.load_split(full)
     chex.assert_shape(fit_x, (12, 28, 28, 1))

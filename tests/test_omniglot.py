@@ -149,3 +149,145 @@ def test_download_checks_the_md5(tmp_path):
     # Readable as any new file would be, not private as mkstemp makes its files.
     (tmp_path / "plain").write_bytes(b"")
     assert pathlib.Path(path).stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
+
+
+# The whole background set as one .npz (964 characters x 20 drawers); its README says
+# row r is character CCCC = r + 1 of the official file names.
+WHOLE = DATA / "images_background.npz"
+
+
+def test_the_whole_background_npz_holds_character_r_plus_1_at_row_r():
+    whole = load_omniglot(WHOLE, cache=False)
+    assert whole.images.shape == (964, 20, 28, 28, 1)
+    np.testing.assert_array_equal(whole.numbers, np.arange(1, 965))
+    assert whole.class_names[708] == "images_background/0709"
+    for small in (load_omniglot(SMALL1, cache=False), load_omniglot(SMALL2, cache=False)):
+        # The zips' file names CCCC_DD.png give each of their characters its number ...
+        assert small.numbers is not None and len(set(small.numbers.tolist())) == len(small.numbers)
+        # ... and every one of their 2,720 / 3,120 drawings is that row's, pixel for pixel.
+        np.testing.assert_array_equal(whole.images[small.numbers - 1], small.images)
+
+
+def test_npz_rows_at_full_size_equal_the_zip_pngs(tmp_path):
+    with zipfile.ZipFile(SMALL2) as archive:
+        names = sorted(
+            n for n in archive.namelist() if "/Sanskrit/character07/" in n and n.endswith(".png")
+        )
+        drawings = [omniglot.decode_image(archive.read(n), 105) for n in names]
+    number = int(names[0].split("/")[-1][:4])
+    row = load_omniglot(WHOLE, image_size=105, cache=False)  # no resize at 105: the raw pixels
+    np.testing.assert_array_equal(row.images[number - 1], np.stack(drawings))
+    assert 850 <= number - 1 <= 891  # Sanskrit's block of rows (the data README)
+    only = omniglot.load_omniglot_arrays(WHOLE, 105, rows=[number - 1], cache=False)
+    np.testing.assert_array_equal(only.images[0], np.stack(drawings))
+    assert only.numbers.tolist() == [number]
+
+
+def test_npz_cache_is_written_reused_and_rows_are_selected_after_it(tmp_path, monkeypatch):
+    images = np.ones((5, 3, 105, 105), bool)
+    images[2, :, :40] = False  # character 3 has strokes on its top rows
+    path = tmp_path / "set.npz"
+    np.savez(path, images=images, labels=np.repeat(np.arange(5), 3).reshape(5, 3))
+    first = load_omniglot(path, image_size=14)
+    assert (tmp_path / "set.npz.14px.npz").exists()
+    monkeypatch.setattr(omniglot, "_resize_arrays", lambda *a: pytest.fail("resized again"))
+    again = omniglot.load_omniglot_arrays(path, 14, rows=[2, 0])
+    np.testing.assert_array_equal(again.images, first.images[[2, 0]])
+    assert again.class_names == ("set/0003", "set/0001") and again.numbers.tolist() == [3, 1]
+    assert again.images[0, 0, 0, 0, 0] == 1.0 and again.images[1].max() == 0.0
+    with pytest.raises(ValueError, match=r"rows must be indices in \[0, 5\), got 5..5"):
+        omniglot.load_omniglot_arrays(path, 14, rows=[5])
+
+
+def test_a_cache_from_before_character_numbers_is_rebuilt(tmp_path):
+    copy = shutil.copy(SMALL1, tmp_path / "set.zip")
+    fresh = load_omniglot(copy, image_size=12)
+    cache = tmp_path / "set.zip.12px.npz"
+    with np.load(cache) as stored:  # the older format: no numbers, no format in the source
+        old = {k: stored[k] for k in stored.files if k != "numbers"}
+    old["source"] = np.array(omniglot.source_key(str(copy)))
+    np.savez(cache, **old)
+    again = load_omniglot(copy, image_size=12)
+    np.testing.assert_array_equal(again.numbers, fresh.numbers)
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"labels": np.zeros((2, 2))}, "it holds no 'images'"),
+        ({"images": np.ones((2, 2, 8, 8), np.uint8)}, r"it holds images \(2, 2, 8, 8\) uint8"),
+        ({"images": np.ones((2, 8, 8), bool)}, r"it holds images \(2, 8, 8\) bool"),
+    ],
+)
+def test_npz_of_another_layout_is_refused_by_name(tmp_path, arrays, message):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match=message):
+        load_omniglot(tmp_path / "bad.npz", cache=False)
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "bad.npz").read_bytes()[:30])
+    with pytest.raises(ValueError, match="cannot be read as an .npz"):
+        load_omniglot(tmp_path / "cut.npz", cache=False)
+
+
+def _numbered(rows: int, drawers: int = 3) -> omniglot.ClassImages:
+    """``rows`` characters whose every pixel holds the character's row (to trace them)."""
+    images = np.broadcast_to(
+        np.arange(rows, dtype=np.float32)[:, None, None, None, None], (rows, drawers, 2, 2, 1)
+    ).copy()
+    names = tuple(f"set/{r + 1:04d}" for r in range(rows))
+    return omniglot.ClassImages(
+        images, names, np.zeros(rows, np.int32), ("set",), np.arange(1, rows + 1, dtype=np.int32)
+    )
+
+
+def test_select_alphabets_groups_named_blocks_of_rows():
+    data = _numbered(30)
+    named = omniglot.select_alphabets(
+        data, omniglot.parse_alphabets(["B=20-24", "A=2-5", "Unused=40-49"])
+    )
+    assert named.group_names == ("A", "B")
+    assert named.numbers.tolist() == [3, 4, 5, 6, 21, 22, 23, 24, 25]
+    assert named.groups.tolist() == [0] * 4 + [1] * 5
+    assert named.images[:, 0, 0, 0, 0].tolist() == [2, 3, 4, 5, 20, 21, 22, 23, 24]
+    with pytest.raises(ValueError, match=r"A \(rows 2-5\) overlaps B \(rows 4-9\)"):
+        omniglot.select_alphabets(data, {"A": (2, 5), "B": (4, 9)})
+    with pytest.raises(ValueError, match="none of the alphabets C has a character"):
+        omniglot.select_alphabets(data, {"C": (100, 120)})
+    with pytest.raises(ValueError, match="'Greek:1-2' is not NAME=FIRST-LAST"):
+        omniglot.parse_alphabets(["Greek:1-2"])
+    with pytest.raises(ValueError, match="needs character numbers"):
+        omniglot.select_alphabets(data._replace(numbers=None), {"A": (2, 5)})
+
+
+def test_built_oneshot_runs_stay_within_one_alphabet_with_one_pair_of_drawers():
+    data = omniglot.select_alphabets(
+        _numbered(70, drawers=4), {"Small": (0, 9), "A": (10, 39), "B": (40, 69)}
+    )
+    # a drawer's images carry the drawer too, to check the pair
+    images = data.images + np.arange(4, dtype=np.float32)[None, :, None, None, None] / 10
+    runs = omniglot.make_oneshot_runs(data._replace(images=images), num_runs=6, ways=20, seed=3)
+    assert [r.name.split(" ")[1] for r in runs] == ["(A)", "(B)"] * 3  # Small has 10 < 20
+    for run in runs:
+        train_rows, train_drawer = np.divmod(np.round(run.training[:, 0, 0, 0] * 10), 10)
+        test_rows, test_drawer = np.divmod(np.round(run.test[:, 0, 0, 0] * 10), 10)
+        assert len(set(train_drawer)) == 1 and len(set(test_drawer)) == 1
+        assert train_drawer[0] != test_drawer[0]
+        assert (
+            len(set(train_rows)) == 20
+            and ((train_rows - 10) // 30 == (train_rows[0] - 10) // 30).all()
+        )
+        np.testing.assert_array_equal(train_rows[run.answers], test_rows)
+    with pytest.raises(ValueError, match="no alphabet of this set has 40 characters"):
+        omniglot.make_oneshot_runs(data, ways=40)
+
+
+def test_an_evaluation_set_in_the_same_layout_loads_the_same_way(tmp_path):
+    # images_evaluation.npz's shape: 659 characters of 20 other alphabets x 20 drawers.
+    images = np.random.default_rng(0).random((659, 20, 105, 105)) > 0.05
+    np.savez(tmp_path / "images_evaluation.npz", images=images)
+    evaluation = load_omniglot(tmp_path / "images_evaluation.npz", cache=False)
+    assert evaluation.images.shape == (659, 20, 28, 28, 1)
+    assert evaluation.class_names[0] == "images_evaluation/0001"
+    assert evaluation.group_names == ("images_evaluation",)
+    # distinct from the background set's names: concatenating keeps every character
+    both = concatenate([evaluation, load_omniglot(WHOLE, cache=False)])
+    assert both.images.shape[0] == 659 + 964 and both.numbers is not None

@@ -304,7 +304,7 @@ def test_omniglot_arrays_are_resized_inverted_and_row_selected(tmp_path):
     np.savez(path, images=images, labels=np.repeat(np.arange(4), 2).reshape(4, 2))
     loaded = load_omniglot_arrays(path, 28, rows=[2, 0])
     chex.assert_shape(loaded.images, (2, 2, 28, 28, 1))
-    assert loaded.class_names == ("row 2", "row 0")
+    assert loaded.class_names == ("set/0003", "set/0001")
     assert loaded.images[0, 0, 0, 0, 0] == 1.0 and loaded.images[0, 0, -1, 0, 0] == 0.0
     assert loaded.images[1].max() == 0.0
     with pytest.raises(ValueError, match="rows must be indices"):
