@@ -64,8 +64,8 @@ def _resume_command(out):
 
 def test_a_rejected_field_leaves_no_folder_and_the_corrected_run_proceeds(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "omniglot-runs", "--out", str(out), "--no-progress"]) == 2
-    assert "runs: give the one-shot runs zip" in capsys.readouterr().err
+    assert main(["run", "omniglot-runs", "--out", str(out), "--no-progress", "num_runs=0"]) == 2
+    assert "num_runs must be a positive integer, got 0" in capsys.readouterr().err
     assert not out.exists()  # checked before the folder was made
 
 
