@@ -40,6 +40,7 @@ LABELS = {
     "fomaml": "first-order MAML",
     "lslr": "MAML++ LSLR",
     "anil": "ANIL",
+    "boil": "BOIL",
     "reptile": "Reptile",
 }
 

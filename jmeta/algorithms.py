@@ -9,6 +9,7 @@ maml_lr     the inner rate is one learned scalar, the *meta learning rate*
 metasgd     one learned inner rate per parameter (Li et al. 2017)
 lslr        one learned rate per inner step and layer (MAML++, Antoniou et al. 2019)
 anil        only the head adapts in the inner loop (Raghu et al. 2020)
+boil        only the body adapts, the head stays fixed in the inner loop (Oh et al. 2021)
 reptile     update direction ``init - adapted`` (Nichol et al. 2018), no second order
 ==========  ============================================================================
 """
@@ -26,6 +27,7 @@ ALGORITHMS: dict[str, dict] = {
     "metasgd": {"inner_rate": "per_param"},
     "lslr": {"inner_rate": "per_step_layer"},
     "anil": {"adapt": "head"},
+    "boil": {"adapt": "body"},
     "reptile": {"meta_gradient": "reptile"},
 }
 

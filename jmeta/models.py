@@ -85,16 +85,24 @@ def make_learner(name: str, module: nn.Module, key: jax.Array, sample_x: jax.Arr
 
 
 def head_mask(params: Any, adapt: str) -> Any:
-    """The ``adapt_mask`` for ``adapt="all"`` (None) or ``adapt="head"``."""
+    """The ``adapt_mask`` for ``adapt="all"`` (None), ``"head"`` (ANIL: only the ``head``
+    submodule adapts) or ``"body"`` (BOIL: everything but the ``head`` adapts)."""
     if adapt == "all":
         return None
-    if adapt != "head":
-        raise ValueError(f"unknown adapt {adapt!r}; expected 'all' or 'head'")
-    mask = jax.tree_util.tree_map_with_path(
+    if adapt not in ("head", "body"):
+        raise ValueError(f"unknown adapt {adapt!r}; expected 'all', 'head' or 'body'")
+    in_head = jax.tree_util.tree_map_with_path(
         lambda path, _: any(getattr(k, "key", None) == "head" for k in path), params
     )
+    if not any(jax.tree_util.tree_leaves(in_head)):
+        raise ValueError(
+            f"adapt={adapt!r} needs a submodule named 'head' in the learner's parameters"
+        )
+    if adapt == "head":
+        return in_head
+    mask = jax.tree_util.tree_map(lambda leaf: not leaf, in_head)
     if not any(jax.tree_util.tree_leaves(mask)):
-        raise ValueError("adapt='head' needs a submodule named 'head' in the learner's parameters")
+        raise ValueError("adapt='body' needs parameters outside the 'head' submodule")
     return mask
 
 

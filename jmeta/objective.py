@@ -53,7 +53,8 @@ class MetaLearnerConfig:
       inner_rate: ``"fixed"``, ``"scalar"``, ``"per_param"`` or ``"per_step_layer"``.
       meta_gradient: ``"second_order"`` (MAML), ``"first_order"`` (FOMAML: the inner
         gradient is a constant) or ``"reptile"`` (``init - adapted`` as the update direction).
-      adapt: ``"all"`` or ``"head"`` (ANIL: only the ``head`` submodule adapts).
+      adapt: ``"all"``, ``"head"`` (ANIL: only the ``head`` submodule adapts) or ``"body"``
+        (BOIL: every parameter but the ``head`` adapts; the head moves only in the outer loop).
       loss: ``"mse"`` or ``"ce"``, used in both loops.
       activation: ``"softmax"`` or ``"sigmoid"`` for the learning strategy.
       remat: ``"none"``, ``"step"`` (``jax.checkpoint`` on each inner step) or
@@ -83,7 +84,7 @@ class MetaLearnerConfig:
         check_positive_float("inner_lr", self.inner_lr)
         check_choice("inner_rate", self.inner_rate, RATE_KINDS)
         check_choice("meta_gradient", self.meta_gradient, META_GRADIENTS)
-        check_choice("adapt", self.adapt, ("all", "head"))
+        check_choice("adapt", self.adapt, ("all", "head", "body"))
         check_choice("remat", self.remat, REMAT_KINDS)
         check_choice("loss", self.loss, LOSSES)
         check_choice("activation", self.activation, ACTIVATIONS)
@@ -276,8 +277,8 @@ def make_meta_learner(
     for learner in learners:
         if not isinstance(learner, Learner):
             raise TypeError(f"learners must be jmeta.Learner values, got {type(learner).__name__}")
-    if config.adapt == "head":
-        learners = tuple(l._replace(adapt_mask=head_mask(l.params, "head")) for l in learners)
+    if config.adapt != "all":
+        learners = tuple(l._replace(adapt_mask=head_mask(l.params, config.adapt)) for l in learners)
     for learner in learners:
         check_adapt_mask(learner)
     check_tasks = make_task_check(learners, config.loss)

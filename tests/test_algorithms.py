@@ -69,6 +69,36 @@ def test_anil_adapts_only_the_head():
     assert not bool(jnp.all(adapted["head"]["kernel"] == meta_params.learners[0]["head"]["kernel"]))
 
 
+def test_boil_keeps_the_head_fixed_inside_and_learns_it_outside():
+    meta_learner = jmeta.make_meta_learner(
+        small_mlp(), jmeta.algorithm_config("boil", num_inner_steps=2, inner_lr=0.1)
+    )
+    start = meta_learner.init()
+    task = jax.tree_util.tree_map(lambda a: a[0], sinusoid_tasks())
+    adapted = meta_learner.adapt(start, task.support)[0][0]
+    initial = start.learners[0]
+    for leaf in ("kernel", "bias"):
+        assert bool(jnp.all(adapted["head"][leaf] == initial["head"][leaf])), leaf
+    assert not bool(jnp.all(adapted["hidden_0"]["kernel"] == initial["hidden_0"]["kernel"]))
+    # The head is a meta-parameter: the outer loop moves it.
+    meta_step = jmeta.make_meta_step(meta_learner, jmeta.make_sinusoid_sampler(5, 10), 4)
+    state, _ = meta_step.run(meta_step.init(start), jax.random.key(0), 5)
+    assert not bool(
+        jnp.all(state.meta_params.learners[0]["head"]["kernel"] == initial["head"]["kernel"])
+    )
+
+
+def test_boil_needs_a_body_and_a_head():
+    with pytest.raises(ValueError, match="adapt='body' needs a submodule named 'head'"):
+        jmeta.make_meta_learner(
+            jmeta.Learner("bare", lambda p, x: x @ p["w"], {"w": jnp.zeros((1, 1))}),
+            jmeta.algorithm_config("boil"),
+        )
+    linear = jmeta.linear_learner(jax.random.key(0))  # its one layer is the head
+    with pytest.raises(ValueError, match="adapt='body' needs parameters outside the 'head'"):
+        jmeta.make_meta_learner(linear, jmeta.algorithm_config("boil"))
+
+
 def test_freezing_a_learner_keeps_its_initial_weights():
     learners = (small_mlp(0), small_mlp(1, name="b"))
     meta_learner = jmeta.make_meta_learner(
