@@ -8,10 +8,21 @@ fomaml      first-order: the inner gradient is treated as a constant
 maml_lr     the inner rate is one learned scalar, the *meta learning rate*
 metasgd     one learned inner rate per parameter (Li et al. 2017)
 lslr        one learned rate per inner step and layer (MAML++, Antoniou et al. 2019)
+mamlpp      MAML++ (Antoniou et al. 2019): LSLR, the multi-step loss over the first 10%
+            of training, first-order meta-gradients over the first 30%, per-step
+            batch-norm weights and a cosine-annealed outer rate
+imaml       implicit MAML (Rajeswaran et al. 2019): a proximal inner problem (lambda = 2)
+            and its implicit meta-gradient by 5 conjugate-gradient steps
 anil        only the head adapts in the inner loop (Raghu et al. 2020)
 boil        only the body adapts, the head stays fixed in the inner loop (Oh et al. 2021)
 reptile     update direction ``init - adapted`` (Nichol et al. 2018), no second order
 ==========  ============================================================================
+
+Each named setting can be switched on its own (``algorithm_config("mamlpp",
+per_step_norm=False)``, ``MetaLearnerConfig(multi_step_loss=0.1)``). MAML++'s fractions
+follow the paper's schedule (the multi-step loss annealed over its first epochs,
+first-order gradients early on); its released configs anneal the multi-step loss over 8% of
+training and leave derivative-order annealing off, so both are settings to tune.
 """
 
 from __future__ import annotations
@@ -26,6 +37,14 @@ ALGORITHMS: dict[str, dict] = {
     "maml_lr": {"inner_rate": "scalar"},
     "metasgd": {"inner_rate": "per_param"},
     "lslr": {"inner_rate": "per_step_layer"},
+    "mamlpp": {
+        "inner_rate": "per_step_layer",
+        "multi_step_loss": 0.1,
+        "first_order_until": 0.3,
+        "per_step_norm": True,
+        "outer_schedule": "cosine",
+    },
+    "imaml": {"meta_gradient": "implicit", "proximal": 2.0, "cg_steps": 5},
     "anil": {"adapt": "head"},
     "boil": {"adapt": "body"},
     "reptile": {"meta_gradient": "reptile"},

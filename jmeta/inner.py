@@ -17,6 +17,12 @@ Meta-SGD in log space cannot flip the sign of a rate as the original can; in exc
 rates stay positive without clipping. With ``per_step_layer``, steps past the number the
 rates were built for reuse the last step's rates, so a learner can be evaluated with more
 steps than it was trained with.
+
+Two more settings change the step itself, not its schedule. ``proximal`` (iMAML's
+lambda) adds ``lambda/2 |phi - theta|^2`` to the support loss, pulling the adapted weights
+towards the initial ones. ``per_step`` marks leaves stored once per step (MAML++'s per-step
+batch-norm weights): their meta-parameter has a leading axis of ``num_steps + 1``, entry
+``t`` serves the network after ``t`` steps, and they do not adapt.
 """
 
 from __future__ import annotations
@@ -48,6 +54,22 @@ def merge(adapted: Any, frozen: Any) -> Any:
     return jax.tree_util.tree_map(
         lambda a, f: f if a is None else a, adapted, frozen, is_leaf=lambda x: x is None
     )
+
+
+def at_step(params: Any, per_step: Any, step: Any) -> Any:
+    """``params`` as the network sees them after ``step`` inner steps: each ``per_step`` leaf
+    (leading axis: one entry per step) at entry ``step``, or its last entry past the end."""
+    if per_step is None:
+        return params
+    return jax.tree_util.tree_map(
+        lambda p, m: p[jnp.minimum(step, p.shape[0] - 1)] if m else p, params, per_step
+    )
+
+
+def squared_distance(tree: Any, other: Any) -> jax.Array:
+    """``|tree - other|^2`` summed over every leaf."""
+    parts = jax.tree_util.tree_map(lambda a, b: jnp.sum(jnp.square(a - b)), tree, other)
+    return sum(jax.tree_util.tree_leaves(parts))
 
 
 def init_log_rate(kind: str, inner_lr: float, learner: Learner, num_steps: int) -> Any:
@@ -86,6 +108,8 @@ def make_adapt(
     remat: str = "none",
     fixed_lr: float | None = None,
     peel_first_step: bool = True,
+    proximal: float = 0.0,
+    per_step: tuple | None = None,
 ) -> Callable:
     """Builds ``adapt(learner_params, log_rates, support, num_steps, observe=None)``.
 
@@ -114,13 +138,21 @@ def make_adapt(
     is given, ``trace["observed"]`` stacks ``observe(params)`` before each step.
     """
 
-    def step_learner(learner: Learner, params: Any, log_rate: Any, step: jax.Array, support: Batch):
+    masks = tuple(per_step) if per_step is not None else (None,) * len(learners)
+
+    def step_learner(
+        learner: Learner, mask, params, log_rate, step: jax.Array, support: Batch, anchor
+    ):
         adapted, frozen = partition(params, learner.adapt_mask)
 
         def support_loss(adapted_part):
-            return loss_fn(learner.apply_fn(merge(adapted_part, frozen), support.x), support.y)
+            now = at_step(merge(adapted_part, frozen), mask, step)
+            loss = loss_fn(learner.apply_fn(now, support.x), support.y)
+            if not proximal:
+                return loss, loss
+            return loss + 0.5 * proximal * squared_distance(adapted_part, anchor), loss
 
-        loss, grads = jax.value_and_grad(support_loss)(adapted)
+        (_, loss), grads = jax.value_and_grad(support_loss, has_aux=True)(adapted)
         if first_order:
             grads = jax.lax.stop_gradient(grads)
         if fixed_lr is None:
@@ -130,23 +162,33 @@ def make_adapt(
         adapted = jax.tree_util.tree_map(lambda p, g, r: p - r * g, adapted, grads, rates)
         return merge(adapted, frozen), loss
 
+    def anchors(learner_params) -> tuple:
+        # The initial adapted leaves: the centre of the proximal term.
+        return tuple(partition(p, l.adapt_mask)[0] for l, p in zip(learners, learner_params))
+
+    def at_steps(params: tuple, step) -> tuple:
+        return tuple(at_step(p, m, step) for p, m in zip(params, masks))
+
     def adapted_step(adapted, constants, support, step):
         # Only the adapted leaves are carried through the rollout; the frozen ones enter as
         # constants. (Carried frozen leaves would leave the custom VJP unbatched under vmap,
         # and their cotangents would then be summed over tasks twice.)
-        log_rates, frozen = constants
+        log_rates, frozen, anchor = constants
         new_adapted, losses = [], []
-        for learner, a, f, r in zip(learners, adapted, frozen, log_rates):
-            params, loss = step_learner(learner, merge(a, f), r, step, support)
+        for learner, m, a, f, r, c in zip(learners, masks, adapted, frozen, log_rates, anchor):
+            params, loss = step_learner(learner, m, merge(a, f), r, step, support, c)
             new_adapted.append(partition(params, learner.adapt_mask)[0])
             losses.append(loss)
         return tuple(new_adapted), jnp.stack(losses)
 
     def adapt(learner_params, log_rates, support: Batch, num_steps: int, observe=None):
+        anchor = anchors(learner_params)
+
         def body(params, step):
-            observed = observe(params) if observe is not None else None
+            observed = observe(at_steps(params, step)) if observe is not None else None
             stepped = [
-                step_learner(l, p, r, step, support) for l, p, r in zip(learners, params, log_rates)
+                step_learner(l, m, p, r, step, support, c)
+                for l, m, p, r, c in zip(learners, masks, params, log_rates, anchor)
             ]
             new_params = tuple(p for p, _ in stepped)
             trace = {"inner/loss": jnp.stack([loss for _, loss in stepped])}
@@ -155,14 +197,17 @@ def make_adapt(
             return new_params, trace
 
         if remat == "rollout" and observe is None:
-            return rollout_scan(
+            params, trace = rollout_scan(
                 adapted_step, learners, tuple(learner_params), log_rates, support, num_steps
             )
-        if remat == "step":
-            body = jax.checkpoint(body, prevent_cse=False)
-        if peel_first_step or num_steps == 1:
-            return peeled_scan(body, tuple(learner_params), num_steps)
-        return jax.lax.scan(body, tuple(learner_params), jnp.arange(num_steps))
+        else:
+            if remat == "step":
+                body = jax.checkpoint(body, prevent_cse=False)
+            if peel_first_step or num_steps == 1:
+                params, trace = peeled_scan(body, tuple(learner_params), num_steps)
+            else:
+                params, trace = jax.lax.scan(body, tuple(learner_params), jnp.arange(num_steps))
+        return at_steps(params, num_steps), trace
 
     return adapt
 
@@ -192,11 +237,14 @@ def rollout_scan(
     num_steps: int,
 ):
     """The inner loop of ``remat="rollout"``: only the adapted leaves enter ``_rollout``, whose
-    VJP stores nothing but the initial parameters; the frozen ones are constants."""
+    VJP stores nothing but the initial parameters; the frozen ones are constants (and so
+    is the proximal centre, ``adapted_step``'s third constant)."""
     parts = [partition(p, l.adapt_mask) for l, p in zip(learners, learner_params)]
-    frozen = tuple(f for _, f in parts)
+    adapted, frozen = tuple(a for a, _ in parts), tuple(f for _, f in parts)
+    # The initial adapted leaves enter twice: as the start of the rollout and, for a
+    # proximal inner loss, as its constant centre; their cotangents add up.
     adapted, trace = _rollout(
-        adapted_step, tuple(a for a, _ in parts), (log_rates, frozen), support, num_steps
+        adapted_step, adapted, (log_rates, frozen, adapted), support, num_steps
     )
     return tuple(merge(a, f) for a, f in zip(adapted, frozen)), trace
 

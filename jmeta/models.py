@@ -106,6 +106,14 @@ def head_mask(params: Any, adapt: str) -> Any:
     return mask
 
 
+def norm_mask(params: Any) -> Any:
+    """True on the leaves of normalisation layers: those under a module whose name starts
+    with ``norm`` (conv4's ``norm_0`` ... ``norm_3``), for MAML++'s per-step norm weights."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: any(str(getattr(k, "key", "")).startswith("norm") for k in path), params
+    )
+
+
 def mlp_learner(
     key: jax.Array,
     in_features: int = 1,

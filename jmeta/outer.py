@@ -11,6 +11,12 @@ With a ``mesh`` the meta-gradient runs under ``shard_map`` (``jmeta.sharding``):
 drawn and differentiated on the device that owns them and one all-reduce averages the
 gradient; the optimizer update that follows runs on replicated values, the same on every
 device. Without one nothing changes.
+
+An annealed config (MAML++: ``MetaLearnerConfig.annealed``) needs the run's length,
+``num_steps``: each step passes ``progress = step / num_steps`` to the meta-gradient, and a
+cosine outer schedule scales the optimizer's updates from 1 down to ``COSINE_FLOOR``.
+Scaling the updates is scaling the rate for any optimizer whose update is proportional to
+its rate (SGD, Adam and their relatives), so it also anneals an optimizer given by the user.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from jmeta.objective import MetaLearner
 from jmeta.sharding import check_mesh, put_replicated, replicated, sharded_task_gradient
 from jmeta.tasks.base import Task, sample_tasks
 from jmeta.validation import check_positive_float, check_positive_int
+
+# MAML++'s cosine schedule ends at 1e-5 from an outer rate of 1e-3.
+COSINE_FLOOR = 0.01
 
 
 class MetaState(NamedTuple):
@@ -58,6 +67,15 @@ def default_optimizer(learning_rate: float = 1e-3) -> optax.GradientTransformati
     return optax.adam(learning_rate, eps_root=1e-8)
 
 
+def cosine_annealed(
+    optimizer: optax.GradientTransformation, num_steps: int
+) -> optax.GradientTransformation:
+    """``optimizer`` with its updates scaled by a cosine from 1 at step 0 to ``COSINE_FLOOR``
+    at ``num_steps`` (MAML++'s annealed outer rate)."""
+    schedule = optax.cosine_decay_schedule(1.0, num_steps, alpha=COSINE_FLOOR)
+    return optax.chain(optimizer, optax.scale_by_schedule(schedule))
+
+
 def freeze(optimizer: optax.GradientTransformation, trainable: Any) -> optax.GradientTransformation:
     """``optimizer`` on leaves where ``trainable`` is True, zero updates elsewhere."""
     labels = jax.tree_util.tree_map(lambda t: "train" if t else "freeze", trainable)
@@ -85,6 +103,7 @@ def make_meta_step(
     meta_batch: int,
     optimizer: optax.GradientTransformation | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    num_steps: int | None = None,
 ) -> MetaStep:
     """Builds the jitted outer step of ``meta_learner``.
 
@@ -97,15 +116,28 @@ def make_meta_step(
       mesh: a one-axis ``jax.sharding.Mesh`` (``jmeta.task_mesh(n)``) to spread each
         meta-batch over: ``meta_batch`` must be a multiple of its size. Meta-parameters and
         optimizer state are replicated; the numbers equal one device's up to float rounding.
+      num_steps: the length of the run, which an annealed config (MAML++) needs and
+        ``jmeta.train`` passes; others ignore it.
     """
     meta_batch = check_positive_int("meta_batch", meta_batch)
+    config = meta_learner.config
+    annealed = config.annealed
+    if annealed:
+        if num_steps is None:
+            raise ValueError(
+                "this meta-learner's config anneals with training's progress (multi_step_loss, "
+                "first_order_until or outer_schedule='cosine'): give make_meta_step num_steps=, "
+                "the run's length (jmeta.train does)"
+            )
+        num_steps = check_positive_int("num_steps", num_steps)
     if mesh is not None:
         check_mesh(mesh)
         task_gradient = sharded_task_gradient(meta_learner.meta_grad, sample_task, meta_batch, mesh)
     else:
 
-        def task_gradient(meta_params, key):
-            return meta_learner.meta_grad(meta_params, sample_tasks(sample_task, key, meta_batch))
+        def task_gradient(meta_params, key, *progress):
+            tasks = sample_tasks(sample_task, key, meta_batch)
+            return meta_learner.meta_grad(meta_params, tasks, *progress)
 
     optimizer = default_optimizer() if optimizer is None else optimizer
     if not isinstance(optimizer, optax.GradientTransformation):
@@ -119,6 +151,8 @@ def make_meta_step(
             meta_learner.check_tasks(task, batched=False)
         except ValueError as error:
             raise ValueError(f"sample_task's tasks do not fit the meta-learner: {error}") from None
+    if config.outer_schedule == "cosine":
+        optimizer = cosine_annealed(optimizer, num_steps)
     transform = freeze(optimizer, meta_learner.trainable(meta_learner.init()))
 
     def init(meta_params) -> MetaState:
@@ -131,7 +165,11 @@ def make_meta_step(
         return state if mesh is None else put_replicated(state, mesh)
 
     def step(state: MetaState, key: jax.Array):
-        grads, metrics = task_gradient(state.meta_params, jax.random.fold_in(key, state.step))
+        # How far meta-training has gone, for the annealed objectives only.
+        progress = (state.step / num_steps,) if annealed else ()
+        grads, metrics = task_gradient(
+            state.meta_params, jax.random.fold_in(key, state.step), *progress
+        )
         # One reduction per step: the number ``fit`` watches for a non-finite meta-gradient.
         metrics = {**metrics, "outer/grad_norm": optax.tree.norm(grads)}
         updates, opt_state = transform.update(grads, state.opt_state, state.meta_params)

@@ -169,28 +169,31 @@ def sharded_task_gradient(
     meta_batch: int,
     mesh: Mesh,
 ) -> Callable:
-    """``(meta_params, key) -> (grads, metrics)``, replicated in and out, for the meta-batch
-    of ``meta_batch`` tasks drawn from ``key`` exactly as ``sample_tasks`` draws them, each
-    device computing its own tasks' share."""
+    """``(meta_params, key, *progress) -> (grads, metrics)``, replicated in and out, for the
+    meta-batch of ``meta_batch`` tasks drawn from ``key`` exactly as ``sample_tasks`` draws
+    them, each device computing its own tasks' share (``progress``: an annealed config's)."""
     axis = check_mesh(mesh)
     per_device = check_divides("meta_batch", meta_batch, mesh)
 
-    def per_device_gradient(meta_params, key):
+    def per_device_gradient(meta_params, key, *progress):
         # Every device splits the same key, so task i is the task one device would draw.
         keys = jax.random.split(key, meta_batch)
         first = jax.lax.axis_index(axis) * per_device
         own_keys = jax.lax.dynamic_slice_in_dim(keys, first, per_device)
         tasks = jax.vmap(sample_task)(own_keys)
         local_params = jax.lax.pcast(meta_params, axis, to="varying")
-        grads, metrics = meta_grad(local_params, tasks)
+        grads, metrics = meta_grad(local_params, tasks, *progress)
         return mean_over((grads, metrics), axis)
 
-    return jax.shard_map(
-        per_device_gradient,
-        mesh=mesh,
-        in_specs=(PartitionSpec(), PartitionSpec()),
-        out_specs=(PartitionSpec(), PartitionSpec()),
-    )
+    def task_gradient(meta_params, key, *progress):
+        return jax.shard_map(
+            per_device_gradient,
+            mesh=mesh,
+            in_specs=(PartitionSpec(),) * (2 + len(progress)),
+            out_specs=(PartitionSpec(), PartitionSpec()),
+        )(meta_params, key, *progress)
+
+    return task_gradient
 
 
 def sharded_task_mean(task_mean: Callable, mesh: Mesh, num_tasks: int) -> Callable:

@@ -216,7 +216,9 @@ def train(
         if optimizer is None
         else optimizer
     )
-    meta_step = make_meta_step(meta_learner, sample_task, meta_batch, optimizer, mesh)
+    meta_step = make_meta_step(
+        meta_learner, sample_task, meta_batch, optimizer, mesh, num_steps=num_steps
+    )
     start = meta_learner.init() if meta_params is None else meta_params
     return fit(
         meta_step,
