@@ -97,7 +97,7 @@ def time_to_target(config: Config, seed: int, train_set, tasks, ways: int) -> di
     )
     meta_step = make_meta_step(
         meta_learner,
-        omniglot.training_sampler(training, config.train_ways, train_set),
+        omniglot.training_sampler(training, "protonet", config.train_ways, train_set),
         1,
         omniglot.outer_optimizer(training, "protonet"),
     )

@@ -3,6 +3,7 @@
 Command:  jmeta run omniglot                       (prototypical networks)
           jmeta run omniglot eval=PATH             (all 964 characters train; PATH's test)
           jmeta run omniglot methods=protonet,maml (adds MAML, one model per number of ways)
+          jmeta run omniglot methods=matching,r2d2,finetune   (the other trained-once methods)
 Runtime:  about 12 minutes on a 2-core laptop CPU for prototypical networks with the
           defaults; MAML (one model per number of ways) adds much more on CPU.
 Expected: accuracy (mean ± 95% CI over 1,000 tasks) on the 256 characters of rows 708-963
@@ -25,9 +26,13 @@ names (``eval_alphabets`` for an ``eval`` file); a zip's folders name its own.
 The network is conv4 with stride-2 convolutions (MAML's Omniglot form; faster to train on
 CPU than the pooled form) on 28x28 images, trained on 90-degree rotations as new classes;
 the prototypical network on 60-way 5-shot episodes, Adam at 1e-3 halved every 2,000 steps
-(Snell et al.'s schedule). ``execution`` names how XLA runs it (``jmeta.execution``):
-``cpu-conv`` by default, tasks in chunks of 2 and one jitted call per meta-step; ``gpu`` on
-a GPU. It changes no number.
+(Snell et al.'s schedule). Matching networks and R2D2's ridge head train the same way; the
+fine-tuning baseline sees as many images per step, as plain batches of the 2,832 rotated
+training characters, and fits a linear head on each test task's support set. These four
+train once and are tested at any number of ways (``ANY_WAYS``); a gradient-based method
+(MAML, iMAML, MAML++, BOIL, ...) trains one model per number of ways. ``execution`` names
+how XLA runs it (``jmeta.execution``): ``cpu-conv`` by default, tasks in chunks of 2 and one
+jitted call per meta-step; ``gpu`` on a GPU. It changes no number.
 """
 
 from __future__ import annotations
@@ -44,16 +49,19 @@ from jmeta.config import MetaTraining
 from jmeta.data import load_omniglot
 from jmeta.data.omniglot import ClassImages, parse_alphabets, select_alphabets
 from jmeta.evaluate import evaluate, evaluation_tasks
-from jmeta.execution import execution_preset
+from jmeta.execution import CPU, Execution, execution_preset
 from jmeta.experiments._episodes import plot_episodes
-from jmeta.models import conv4_learner
-from jmeta.objective import make_meta_learner
+from jmeta.finetune import make_finetune
+from jmeta.matching import make_matching_network
+from jmeta.models import Learner, conv4_learner
+from jmeta.objective import MetaLearner, make_meta_learner
 from jmeta.outer import default_optimizer
 from jmeta.protonet import make_protonet
+from jmeta.ridge import make_ridge_head
 from jmeta.runs import RunDir
 from jmeta.sharding import check_devices, mesh_for
 from jmeta.stats import format_mean_ci, markdown_table, mean_ci95
-from jmeta.tasks import make_episode_sampler
+from jmeta.tasks import make_batch_sampler, make_episode_sampler
 from jmeta.training import train
 from jmeta.validation import check_fields
 
@@ -84,19 +92,27 @@ NAMED_ALPHABETS = (
     "Tagalog=892-908",
 )
 
+# Closed-form heads over a conv4 embedding, trained on wide episodes like Snell et al.'s.
+HEADS = {"protonet": make_protonet, "matching": make_matching_network, "r2d2": make_ridge_head}
+# Methods trained once and tested at any number of ways: the heads and fine-tuning.
+ANY_WAYS = (*HEADS, "finetune")
+
 
 @dataclasses.dataclass(frozen=True)
 class Training(MetaTraining):
     """How ``train_model`` meta-trains: the fields that ``omniglot`` and ``omniglot-runs`` share.
 
-    ``train_ways`` is the prototypical network's training episode width; a gradient-based
-    method (MAML and the like) trains one model per number of ways it is tested at.
+    ``train_ways`` is the training episode width of the methods trained once
+    (``ANY_WAYS``: prototypical and matching networks, R2D2; fine-tuning sees batches of
+    as many images); a gradient-based method (MAML and the like) trains one model per
+    number of ways it is tested at, with the ``maml_*`` fields.
     ``holdout_from``: with nothing else to test on, the background's characters from this
     row on are held out of training (default 708: the 256 characters of the whole
     alphabets from Alphabet_of_the_Magi on). ``alphabets`` names blocks of background
     ``.npz`` rows, ``NAME=FIRST-LAST``, for within-alphabet tasks and runs.
-    ``halve_lr_every``: a prototypical network's outer rate halves every this many steps
-    (Snell et al.'s schedule; 0 keeps it constant); MAML's stays constant, as in Finn et al.
+    ``halve_lr_every``: the outer rate of a method trained once halves every this many
+    steps (Snell et al.'s schedule; 0 keeps it constant); MAML's stays constant, as in Finn
+    et al. (MAML++ anneals its own by a cosine).
     ``strided=false`` gives conv4 its max-pooled form (Snell et al.'s): better features,
     about 3.4x the time per step on CPU.
     """
@@ -150,9 +166,14 @@ class Training(MetaTraining):
 
 # Published accuracies, each on Vinyals et al.'s split: 1,200 characters of background and
 # evaluation alphabets mixed for training (with rotations), the other 423 for testing.
+# Matching networks: Vinyals et al.'s cosine variant without fine-tuning; iMAML: its
+# Hessian-free form (lambda = 2, 5 CG steps); MAML++: Antoniou et al.'s Table 1.
 PUBLISHED = {
     "MAML (Finn et al. 2017)": {"5x1": 0.987, "5x5": 0.999, "20x1": 0.958, "20x5": 0.989},
     "protonet (Snell et al. 2017)": {"5x1": 0.988, "5x5": 0.997, "20x1": 0.960, "20x5": 0.989},
+    "matching (Vinyals et al. 2016)": {"5x1": 0.981, "5x5": 0.989, "20x1": 0.938, "20x5": 0.985},
+    "iMAML (Rajeswaran et al. 2019)": {"5x1": 0.995, "5x5": 0.9974, "20x1": 0.9618, "20x5": 0.9914},
+    "MAML++ (Antoniou et al. 2019)": {"5x1": 0.9947, "5x5": 0.9985, "20x1": 0.9765, "20x5": 0.9933},
 }
 
 
@@ -274,24 +295,49 @@ def by_alphabet(data: ClassImages, blocks: tuple[str, ...] | None) -> ClassImage
     return select_alphabets(data, named)
 
 
-def training_sampler(config: Training, ways: int, data: ClassImages):
+def training_sampler(config: Training, method: str, ways: int, data: ClassImages):
     """Training episodes of ``ways`` classes drawn from ``data`` only, every character's
-    three 90-degree rotations as three more classes."""
+    three 90-degree rotations as three more classes; for fine-tuning, two batches of half
+    as many images as an episode holds, labelled with their (rotated) character."""
+    if method == "finetune":
+        batch = ways * (config.train_shots + config.queries) // 2
+        return make_batch_sampler(data.images, batch, rotations=True)
     return make_episode_sampler(
         data.images, ways, config.train_shots, config.queries, rotations=True
     )
 
 
-def make_model(config: Training, method: str, ways: int, shape: tuple, key: jax.Array):
-    """The untrained ``method`` on conv4 (``strided``: stride-2 form) for images of ``shape``: a
-    prototypical network over the embedding, or a gradient-based learner with a ``ways``
+def for_ways(
+    method: str,
+    embedding: Learner,
+    ways: int,
+    num_classes: int | None = None,
+    execution: Execution = CPU,
+) -> MetaLearner:
+    """The ``ways``-way form of a method of ``ANY_WAYS`` over ``embedding`` (trained or not);
+    ``num_classes`` is fine-tuning's number of pretraining classes."""
+    if method == "finetune":
+        return make_finetune(embedding, ways, num_classes, execution=execution)
+    return HEADS[method](embedding, ways, execution=execution)
+
+
+def make_model(
+    config: Training,
+    method: str,
+    ways: int,
+    shape: tuple,
+    key: jax.Array,
+    num_classes: int | None = None,
+):
+    """The untrained ``method`` on conv4 (``strided``: stride-2 form) for images of ``shape``:
+    a method of ``ANY_WAYS`` over the embedding, or a gradient-based learner with a ``ways``
     head."""
     execution = execution_preset(config.execution)
-    if method == "protonet":
+    if method in ANY_WAYS:
         embedding = conv4_learner(
             key, shape, ways=0, filters=config.filters, strided=config.strided, conv=execution.conv
         )
-        return make_protonet(embedding, ways, execution=execution)
+        return for_ways(method, embedding, ways, num_classes, execution)
     learner = conv4_learner(
         key, shape, ways=ways, filters=config.filters, strided=config.strided, conv=execution.conv
     )
@@ -308,9 +354,9 @@ def make_model(config: Training, method: str, ways: int, shape: tuple, key: jax.
 
 
 def outer_optimizer(config: Training, method: str):
-    """Adam at ``outer_lr``; for a prototypical network halved every ``halve_lr_every``
+    """Adam at ``outer_lr``; for a method of ``ANY_WAYS`` halved every ``halve_lr_every``
     steps (Snell et al.'s schedule), for MAML and the like constant (Finn et al.'s)."""
-    if method != "protonet" or not config.halve_lr_every:
+    if method not in ANY_WAYS or not config.halve_lr_every:
         return default_optimizer(config.outer_lr)
     return default_optimizer(
         optax.exponential_decay(config.outer_lr, config.halve_lr_every, 0.5, staircase=True)
@@ -321,16 +367,19 @@ def train_model(
     config: Training, run: RunDir, method: str, ways: int, data: ClassImages, progress: bool
 ):
     """Meta-trains ``method`` on ``data`` (stage ``METHOD-WAYSway`` of ``run``); returns
-    ``(meta_learner, meta_params)``. A prototypical network ignores ``ways`` at test time."""
+    ``(meta_learner, meta_params)``. A method of ``ANY_WAYS`` is rebuilt for other ways at
+    test time (``for_ways``)."""
     key = jax.random.key(config.seed)
-    meta_learner = make_model(config, method, ways, data.images.shape[2:], key)
-    if method == "protonet":
+    meta_learner = make_model(
+        config, method, ways, data.images.shape[2:], key, num_classes=rotated_classes(data)
+    )
+    if method in ANY_WAYS:
         batch, steps = config.meta_batch, config.num_steps
     else:
         batch, steps = config.maml_meta_batch, config.maml_num_steps
     state = train(
         meta_learner,
-        training_sampler(config, ways, data),
+        training_sampler(config, method, ways, data),
         jax.random.fold_in(key, 1),
         steps,
         meta_batch=batch,
@@ -343,6 +392,11 @@ def train_model(
         mesh=mesh_for(config.devices),
     )
     return meta_learner, state.meta_params
+
+
+def rotated_classes(data: ClassImages) -> int:
+    """Training classes with rotations: each character and its three quarter turns."""
+    return 4 * len(data.class_names)
 
 
 def _evaluate(config, meta_learner, meta_params, data, ways, shots, groups=None, salt=0) -> dict:
@@ -379,8 +433,11 @@ def check(config: Config) -> list[tuple[int, int]]:
     (ways, shots) settings."""
     settings = [parse_setting(s) for s in config.settings]
     for method in config.methods:
-        if method != "protonet":
-            algorithms.algorithm_config(method)
+        if method not in ANY_WAYS and method not in algorithms.ALGORITHMS:
+            raise ValueError(
+                f"methods: unknown method {method!r}; expected one of "
+                f"{', '.join(ANY_WAYS + tuple(algorithms.ALGORITHMS))}"
+            )
     check_fields(config, positive_ints=("eval_tasks", "plot_episodes"))
     return settings
 
@@ -434,14 +491,20 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     within, within_note = within_alphabet_set(config, grouped)
     rows, results, first = [], {}, None
     ways_needed = sorted({w for w, _ in settings} | ({20} if within is not None else set()))
-    run.expect_stages(sum(1 if m == "protonet" else len(ways_needed) for m in config.methods))
+    run.expect_stages(sum(1 if m in ANY_WAYS else len(ways_needed) for m in config.methods))
     for method in config.methods:
-        if method == "protonet":
-            # One prototypical network serves any number of ways at test time.
+        if method in ANY_WAYS:
+            # Trained once, it serves any number of ways at test time.
             trained, meta_params = train_model(
                 config, run, method, config.train_ways, train_set, progress
             )
-            models = {w: (make_protonet(trained.learners[0], w), meta_params) for w in ways_needed}
+            models = {
+                w: (
+                    for_ways(method, trained.learners[0], w, rotated_classes(train_set)),
+                    meta_params,
+                )
+                for w in ways_needed
+            }
         else:
             models = {
                 w: train_model(config, run, method, w, train_set, progress) for w in ways_needed

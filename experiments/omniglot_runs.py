@@ -25,7 +25,8 @@ training and ``num_runs`` runs are built from the alphabets ``alphabets`` names 
 train and another's to test). ``checkpoint`` is the directory of an earlier ``jmeta run
 omniglot`` or ``omniglot-runs`` run whose trained models are used instead of training new
 ones (stages ``protonet-{train_ways}way`` and ``METHOD-20way``; the training fields must
-match that run's). ``methods`` takes ``protonet``, any gradient-based algorithm of
+match that run's). ``methods`` takes any of ``omniglot.ANY_WAYS`` (``protonet``,
+``matching``, ``r2d2``, ``finetune``), any gradient-based algorithm of
 ``jmeta.algorithms`` (``maml``, ``fomaml``, ``metasgd``, ``anil``, ...; trained at 20
 ways, adapted on each run's 20 training images) and the two baselines.
 """
@@ -49,7 +50,6 @@ from jmeta.data.omniglot import (
     make_oneshot_runs,
 )
 from jmeta.experiments import omniglot
-from jmeta.protonet import make_protonet
 from jmeta.runs import RunDir
 from jmeta.stats import markdown_table
 from jmeta.tasks.base import Batch
@@ -92,7 +92,7 @@ def _baseline_predictions(method: str, training: np.ndarray, test: np.ndarray) -
 def _twenty_way_model(config: Config, run: RunDir, method: str, background, progress: bool):
     """``(meta_learner, meta_params)`` of ``method`` for 20-way runs: trained, or the
     checkpoint's."""
-    ways = config.train_ways if method == "protonet" else 20
+    ways = config.train_ways if method in omniglot.ANY_WAYS else 20
     stage = f"{method}-{ways}way"
     if config.checkpoint:
         source = os.path.join(config.checkpoint, "checkpoints", f"{stage}.npz")
@@ -104,9 +104,10 @@ def _twenty_way_model(config: Config, run: RunDir, method: str, background, prog
             os.makedirs(os.path.dirname(run.checkpoint_path(stage)), exist_ok=True)
             shutil.copyfile(source, run.checkpoint_path(stage))
     trained, meta_params = omniglot.train_model(config, run, method, ways, background, progress)
-    return (
-        make_protonet(trained.learners[0], 20) if method == "protonet" else trained
-    ), meta_params
+    if method in omniglot.ANY_WAYS:
+        classes = omniglot.rotated_classes(background)
+        trained = omniglot.for_ways(method, trained.learners[0], 20, classes)
+    return trained, meta_params
 
 
 def _model_predictions(config: Config, meta_learner, meta_params, runs) -> list[np.ndarray]:
@@ -178,10 +179,11 @@ def check(config: Config) -> None:
     check_fields(config, positive_ints=("num_runs",))
     models = [m for m in config.methods if m not in BASELINES]
     for method in models:
-        if method != "protonet" and method not in algorithms.ALGORITHMS:
+        if method not in omniglot.ANY_WAYS and method not in algorithms.ALGORITHMS:
             raise ValueError(
-                f"methods: unknown method {method!r}; expected protonet, "
-                f"{', '.join(BASELINES)} or one of {', '.join(algorithms.ALGORITHMS)}"
+                f"methods: unknown method {method!r}; expected one of "
+                f"{', '.join(omniglot.ANY_WAYS + BASELINES)} or one of "
+                f"{', '.join(algorithms.ALGORITHMS)}"
             )
     if not config.background:
         raise ValueError("background: give at least one Omniglot background .npz, zip or folder")

@@ -12,7 +12,8 @@ mamlpp      MAML++ (Antoniou et al. 2019): LSLR, the multi-step loss over the fi
             of training, first-order meta-gradients over the first 30%, per-step
             batch-norm weights and a cosine-annealed outer rate
 imaml       implicit MAML (Rajeswaran et al. 2019): a proximal inner problem (lambda = 2)
-            and its implicit meta-gradient by 5 conjugate-gradient steps
+            and its implicit meta-gradient by 5 conjugate-gradient steps; the inner rate
+            is capped at 1 / (lambda + h) by 10 power iterations for the curvature h
 anil        only the head adapts in the inner loop (Raghu et al. 2020)
 boil        only the body adapts, the head stays fixed in the inner loop (Oh et al. 2021)
 reptile     update direction ``init - adapted`` (Nichol et al. 2018), no second order
@@ -44,7 +45,7 @@ ALGORITHMS: dict[str, dict] = {
         "per_step_norm": True,
         "outer_schedule": "cosine",
     },
-    "imaml": {"meta_gradient": "implicit", "proximal": 2.0, "cg_steps": 5},
+    "imaml": {"meta_gradient": "implicit", "proximal": 2.0, "cg_steps": 5, "curvature_steps": 10},
     "anil": {"adapt": "head"},
     "boil": {"adapt": "body"},
     "reptile": {"meta_gradient": "reptile"},

@@ -29,8 +29,8 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.sparse.linalg import cg
 
+from jmeta.conjugate import conjugate_gradient
 from jmeta.inner import merge, partition
 from jmeta.losses import LossFn
 from jmeta.models import Learner
@@ -110,8 +110,7 @@ def _implicit_solution(
             hessian_v = jax.jvp(lambda a: inner_grad(a, frozen), (adapted,), (v,))[1]
             return jax.tree_util.tree_map(lambda x, h: x + h / proximal, v, hessian_v)
 
-        # tol=0: exactly cg_steps iterations (fewer only if the residual is exactly zero).
-        solved, _ = cg(system, query_grad, maxiter=cg_steps, tol=0.0)
+        solved = conjugate_gradient(system, query_grad, cg_steps)
         _, pull_back = jax.vjp(lambda f: inner_grad(adapted, f), frozen)
         (frozen_grad,) = pull_back(solved)
         frozen_cotangent = jax.tree_util.tree_map(lambda g: -g / proximal, frozen_grad)

@@ -37,6 +37,7 @@ from jmeta.tasks.base import Batch, Task, validate_tasks
 from jmeta.validation import (
     check_choice,
     check_non_negative_float,
+    check_non_negative_int,
     check_positive_float,
     check_positive_int,
 )
@@ -98,6 +99,10 @@ class MetaLearnerConfig:
         (``TaskBatchNorm``), so they are per step already.
       outer_schedule: ``"constant"`` or ``"cosine"`` (MAML++: the outer rate follows a
         cosine from the optimizer's rate down to 1% of it over the run).
+      curvature_steps: with ``n > 0``, each task's inner rate is at most ``1 / (proximal +
+        h)``, ``h`` its support loss's largest Hessian eigenvalue at the initial weights
+        (``n`` power iterations): gradient descent then cannot diverge on the proximal
+        problem, which iMAML's meta-gradient assumes solved (``jmeta.inner``).
     """
 
     num_inner_steps: int = 1
@@ -116,6 +121,7 @@ class MetaLearnerConfig:
     first_order_until: float = 0.0
     per_step_norm: bool = False
     outer_schedule: str = "constant"
+    curvature_steps: int = 0
 
     @property
     def annealed(self) -> bool:
@@ -138,6 +144,7 @@ class MetaLearnerConfig:
         check_choice("outer_schedule", self.outer_schedule, OUTER_SCHEDULES)
         check_non_negative_float("proximal", self.proximal)
         check_positive_int("cg_steps", self.cg_steps)
+        check_non_negative_int("curvature_steps", self.curvature_steps)
         for name in ("multi_step_loss", "first_order_until"):
             value = getattr(self, name)
             if not 0 <= check_non_negative_float(name, value) <= 1:
@@ -459,6 +466,7 @@ def make_meta_learner(
             peel_first_step=execution.peel_first_step,
             proximal=config.proximal,
             per_step=per_step,
+            curvature_steps=config.curvature_steps,
         )
 
     adapt_all = build_adapt(config.meta_gradient == "first_order")

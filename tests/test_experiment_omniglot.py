@@ -92,7 +92,7 @@ def test_training_draws_only_characters_outside_the_held_out_block():
     train_set, test_set, grouped = omniglot.load_split(config)
     assert train_set.numbers.max() == 708 and test_set.numbers.min() == 709
     assert grouped.group_names == ("Alphabet_of_the_Magi", "Sanskrit", "Tagalog")
-    sampler = omniglot.training_sampler(config, 20, train_set)
+    sampler = omniglot.training_sampler(config, "protonet", 20, train_set)
     tasks = sample_tasks(sampler, jax.random.key(0), 30)
     drawn = [
         np.ascontiguousarray(image).tobytes()

@@ -10,6 +10,8 @@ from jax.test_util import check_grads
 
 import jmeta
 from jmeta.benchmark import memory_record
+from jmeta.conjugate import conjugate_gradient
+from jmeta.inner import top_curvature
 from tests.helpers import sinusoid_tasks, small_mlp
 
 
@@ -129,3 +131,42 @@ def test_implicit_meta_gradient_trains_and_its_inner_loop_is_proximal():
 def test_implicit_refuses_settings_it_would_ignore(overrides, message):
     with pytest.raises(ValueError, match=message):
         jmeta.algorithm_config("imaml", **overrides)
+
+
+def test_conjugate_gradient_solves_a_positive_definite_system_and_stops_at_negative_curvature():
+    rng = np.random.RandomState(2)
+    m = rng.randn(6, 6)
+    spd, b = m @ m.T + np.eye(6), rng.randn(6)
+    x = conjugate_gradient(lambda v: jnp.asarray(spd, jnp.float32) @ v, jnp.asarray(b), 12)
+    np.testing.assert_allclose(x, np.linalg.solve(spd, b), rtol=1e-3, atol=1e-4)
+    # Negative curvature along the first direction (b itself): b comes back unchanged.
+    negative = -np.eye(6)
+    x = conjugate_gradient(lambda v: jnp.asarray(negative, jnp.float32) @ v, jnp.asarray(b), 5)
+    np.testing.assert_allclose(x, b, rtol=1e-6)
+    # A system indefinite only away from b's first directions stays finite.
+    indefinite = np.diag([3.0, 2.0, 1.0, -1.0, -2.0, 0.5])
+    x = conjugate_gradient(lambda v: jnp.asarray(indefinite, jnp.float32) @ v, jnp.asarray(b), 6)
+    assert np.all(np.isfinite(np.asarray(x)))
+
+
+def test_top_curvature_is_the_largest_hessian_eigenvalue(x64):
+    learner = small_mlp(hidden=(4,), dtype=jnp.float64)
+    task = jax.tree_util.tree_map(lambda a: a[0], sinusoid_tasks(dtype=jnp.float64))
+    flat, unravel = jax.flatten_util.ravel_pytree(learner.params)
+    loss = lambda p: jmeta.mse(learner.apply_fn(p, task.support.x), task.support.y)
+    eigenvalues = np.linalg.eigvalsh(np.asarray(jax.hessian(lambda w: loss(unravel(w)))(flat)))
+    top = float(top_curvature(loss, learner.params, 200))
+    assert top == pytest.approx(eigenvalues[np.argmax(np.abs(eigenvalues))], rel=1e-3)
+
+
+def test_the_curvature_cap_keeps_a_too_large_rate_from_diverging():
+    # A rate of 1 on sinusoid regression diverges at once; capped at 1 / (lambda + h) every
+    # proximal step lowers the proximal objective.
+    task = jax.tree_util.tree_map(lambda a: a[0], sinusoid_tasks())
+    common = dict(num_inner_steps=30, inner_lr=1.0, proximal=2.0)
+    for steps, finite in ((0, False), (10, True)):
+        config = jmeta.algorithm_config("imaml", **common, curvature_steps=steps)
+        meta_learner = jmeta.make_meta_learner(small_mlp(), config)
+        _, trace = meta_learner.adapt(meta_learner.init(), task.support)
+        losses = np.asarray(trace["inner/loss"][:, 0])
+        assert bool(np.all(np.isfinite(losses)) and losses[-1] < losses[0]) == finite, losses

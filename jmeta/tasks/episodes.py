@@ -23,7 +23,7 @@ from jmeta.tasks.base import Batch, Task, TaskSampler
 from jmeta.validation import check_positive_int
 
 
-def _rotate(image: jax.Array, quarter_turns: jax.Array) -> jax.Array:
+def rotate(image: jax.Array, quarter_turns: jax.Array) -> jax.Array:
     """``image`` (H, W, C) rotated by ``quarter_turns`` x 90 degrees (traced)."""
     return jax.lax.switch(
         quarter_turns, [lambda x, k=k: jnp.rot90(x, k, axes=(0, 1)) for k in range(4)], image
@@ -100,7 +100,7 @@ def make_episode_sampler(
         images = data[classes[:, None], examples]  # (ways, shots + queries, H, W, C)
         if rotations:
             images = jax.vmap(
-                lambda per_class, k: jax.vmap(lambda image: _rotate(image, k))(per_class)
+                lambda per_class, k: jax.vmap(lambda image: rotate(image, k))(per_class)
             )(images, turns)
         return episode_from_classes(label_key, images, shots)
 
