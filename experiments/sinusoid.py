@@ -2,6 +2,7 @@
 
 Command:  jmeta run sinusoid                     (the README's quick start)
           jmeta run sinusoid num_steps=70000     (the paper's length of meta-training)
+          jmeta run sinusoid methods=maml,imaml,mamlpp,boil   (about 20 minutes)
 Runtime:  about 4 minutes on a 2-core laptop CPU with the defaults (10 models x 20,000
           meta-steps, meta-batch 25), about 12 minutes at 70,000 steps.
 Expected: MSE after 1 / 5 / 10 steps on 600 held-out tasks; MAML trained at K=10 and
@@ -9,7 +10,10 @@ Expected: MSE after 1 / 5 / 10 steps on 600 held-out tasks; MAML trained at K=10
           2.41 / 2.23 / 2.19, and Meta-SGD at or below MAML at every K.
 
 Every model starts from the same initial weights and sees the same stream of training
-tasks for its K; all are scored on the same fixed evaluation sines.
+tasks for its K; all are scored on the same fixed evaluation sines. Each trains with
+``num_inner_steps`` steps of ``inner_lr`` except where ``METHOD_SETTINGS`` says otherwise
+(the table says how many steps each took): iMAML needs its proximal problem solved, and
+MAML++'s multi-step loss needs more than one step to weigh.
 """
 
 from __future__ import annotations
@@ -42,6 +46,16 @@ LABELS = {
     "anil": "ANIL",
     "boil": "BOIL",
     "reptile": "Reptile",
+    "imaml": "iMAML",
+    "mamlpp": "MAML++",
+}
+# What a method needs beyond the shared settings, which these override. iMAML: 40 proximal
+# steps at the rate 1 / (lambda + h) (inner_lr=1 leaves the cap in charge), lambda = 50,
+# about the pull of one MAML step of 0.01. MAML++: its paper's 5 steps, and no per-step
+# norm weights, since the MLP has no normalisation layer.
+METHOD_SETTINGS = {
+    "imaml": {"num_inner_steps": 40, "inner_lr": 1.0, "proximal": 50.0},
+    "mamlpp": {"num_inner_steps": 5, "per_step_norm": False},
 }
 
 
@@ -104,15 +118,7 @@ def _train(config: Config, run: RunDir, method: str, shots: int, progress: bool)
     key = jax.random.key(config.seed)
     learner = mlp_learner(jax.random.fold_in(key, 0), hidden=config.hidden)
     algorithm = "maml" if method == "pretrained" else method
-    meta_learner = make_meta_learner(
-        learner,
-        algorithms.algorithm_config(
-            algorithm,
-            num_inner_steps=config.num_inner_steps,
-            inner_lr=config.inner_lr,
-            compute_dtype=config.compute_dtype,
-        ),
-    )
+    meta_learner = make_meta_learner(learner, algorithm_for(config, algorithm))
     if method == "pretrained":
         meta_learner = algorithms.joint_training(meta_learner)
     state = train(
@@ -130,6 +136,17 @@ def _train(config: Config, run: RunDir, method: str, shots: int, progress: bool)
         mesh=mesh_for(config.devices),
     )
     return meta_learner, state.meta_params
+
+
+def algorithm_for(config: Config, method: str):
+    """The ``MetaLearnerConfig`` of ``method``: the shared inner loop, then its own
+    ``METHOD_SETTINGS``."""
+    shared = {
+        "num_inner_steps": config.num_inner_steps,
+        "inner_lr": config.inner_lr,
+        "compute_dtype": config.compute_dtype,
+    }
+    return algorithms.algorithm_config(method, **{**shared, **METHOD_SETTINGS.get(method, {})})
 
 
 def _eval_tasks(config: Config, shots: int):
@@ -200,10 +217,17 @@ def _plot(config: Config, models: dict, shots: int, path: str) -> None:
     plt.close(figure)
 
 
-def _row(method: str, shots: int, scores: dict, steps: tuple[int, ...]) -> list[str]:
-    return [LABELS.get(method, method), shots] + [
-        format_mean_ci(scores[str(s)]["mean"], scores[str(s)]["ci95"]) for s in steps
+def _row(config: Config, method: str, shots: int, scores: dict) -> list[str]:
+    return [_label(config, method), shots] + [
+        format_mean_ci(scores[str(s)]["mean"], scores[str(s)]["ci95"]) for s in config.eval_steps
     ]
+
+
+def _label(config: Config, method: str) -> str:
+    """The method's name, with its training steps where they differ from the others'."""
+    own = METHOD_SETTINGS.get(method, {}).get("num_inner_steps", config.num_inner_steps)
+    name = LABELS.get(method, method)
+    return name if own == config.num_inner_steps else f"{name} ({own} inner steps)"
 
 
 def main(config: Config, run: RunDir, progress: bool = True) -> dict:
@@ -230,17 +254,17 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     steps = config.eval_steps
     header = ["method", "K"] + [f"MSE after {s} step{'s' if s > 1 else ''}" for s in steps]
     rows = [
-        _row(m, k, table[f"{m}/train{k}/eval{k}"], steps)
+        _row(config, m, k, table[f"{m}/train{k}/eval{k}"])
         for k in config.shots
         for m in config.methods
     ]
     if config.pretrained_baseline:
         rows += [
             _row(
+                config,
                 "pretrained",
                 k,
                 table[f"pretrained/train{config.train_shots_for_anchor}/eval{k}"],
-                steps,
             )
             for k in config.shots
         ]
@@ -251,7 +275,7 @@ def main(config: Config, run: RunDir, progress: bool = True) -> dict:
     for method in ("maml", "pretrained"):
         name = f"{method}/train{config.train_shots_for_anchor}/eval{config.anchor_shots}"
         if name in table:
-            anchor_rows.append(_row(method, config.train_shots_for_anchor, table[name], steps))
+            anchor_rows.append(_row(config, method, config.train_shots_for_anchor, table[name]))
             anchor_rows[-1].insert(2, config.anchor_shots)
             if config.anchor_shots == 5 and tuple(steps) == (1, 5, 10):
                 anchor_rows.append([f"{LABELS[method]} (published)", 10, 5, *PUBLISHED_K5[method]])

@@ -25,7 +25,15 @@ import jax.numpy as jnp
 from jmeta.execution import CPU, Execution
 from jmeta.losses import cross_entropy
 from jmeta.models import Learner, computing_in
-from jmeta.objective import MetaLearner, MetaLearnerConfig, MetaParams, mean_task_grad, over_tasks
+from jmeta.objective import (
+    MetaLearner,
+    MetaLearnerConfig,
+    MetaParams,
+    mean_task_grad,
+    network_meta_params,
+    network_trainable,
+    over_tasks,
+)
 from jmeta.task_checks import make_task_check
 from jmeta.tasks.base import Task
 from jmeta.validation import check_positive_int
@@ -77,12 +85,7 @@ def make_closed_form(
         params = embedding.params
         if head.params is not None:
             params = {"body": params, "head": head.params}
-        return MetaParams((params,), (jnp.zeros(()),), jnp.zeros((1,)))
-
-    def trainable(meta_params):
-        return MetaParams(
-            jax.tree_util.tree_map(lambda _: True, meta_params.learners), (False,), False
-        )
+        return network_meta_params(params)
 
     def adapt(meta_params, support, num_steps=None):
         head_params = split(meta_params.learners[0])[1]
@@ -120,7 +123,7 @@ def make_closed_form(
         execution,
         (embedding,),
         init,
-        trainable,
+        network_trainable,
         adapt,
         predict,
         task_loss,

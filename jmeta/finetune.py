@@ -25,7 +25,15 @@ import jax.numpy as jnp
 from jmeta.execution import CPU, Execution
 from jmeta.losses import cross_entropy
 from jmeta.models import Learner, computing_in, with_linear_head
-from jmeta.objective import MetaLearner, MetaLearnerConfig, MetaParams, mean_task_grad, over_tasks
+from jmeta.objective import (
+    MetaLearner,
+    MetaLearnerConfig,
+    MetaParams,
+    mean_task_grad,
+    network_meta_params,
+    network_trainable,
+    over_tasks,
+)
 from jmeta.task_checks import make_task_check
 from jmeta.tasks.base import Batch, Task
 from jmeta.validation import check_non_negative_float, check_positive_float, check_positive_int
@@ -104,12 +112,7 @@ def make_finetune(
     embedding = computing_in(embedding, compute_dtype)
 
     def init() -> MetaParams:
-        return MetaParams((classifier.params,), (jnp.zeros(()),), jnp.zeros((1,)))
-
-    def trainable(meta_params):
-        return MetaParams(
-            jax.tree_util.tree_map(lambda _: True, meta_params.learners), (False,), False
-        )
+        return network_meta_params(classifier.params)
 
     def embed(meta_params: MetaParams, x: jax.Array) -> jax.Array:
         return unit_rows(embedding.apply_fn(meta_params.learners[0]["body"], x))
@@ -161,7 +164,7 @@ def make_finetune(
         execution,
         (embedding,),
         init,
-        trainable,
+        network_trainable,
         adapt,
         predict,
         task_loss,

@@ -229,6 +229,17 @@ class MetaLearner(NamedTuple):
     check_tasks: Callable | None = None
 
 
+def network_meta_params(params: Any) -> MetaParams:
+    """The ``MetaParams`` of a meta-learner that learns one network and nothing else (no
+    inner rate, no strategy): closed-form heads and the fine-tuning baseline."""
+    return MetaParams((params,), (jnp.zeros(()),), jnp.zeros((1,)))
+
+
+def network_trainable(meta_params: MetaParams) -> MetaParams:
+    """``trainable`` for ``network_meta_params``: the network's leaves only."""
+    return MetaParams(jax.tree_util.tree_map(lambda _: True, meta_params.learners), (False,), False)
+
+
 def over_tasks(fn: Callable, chunk: int = 0) -> Callable:
     """The one vmap of the library: meta-parameters broadcast, tasks mapped.
 

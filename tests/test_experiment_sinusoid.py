@@ -100,11 +100,12 @@ def test_resumed_experiment_ends_with_the_results_of_an_uninterrupted_one(tmp_pa
 
 
 def test_tiny_run_scores_every_method_and_step(tmp_path):
+    # The command at a tiny size: iMAML and MAML++ with their own inner steps.
     results = run_experiment(
         "sinusoid",
         str(tmp_path / "run"),
         [
-            "methods=maml",
+            "methods=maml,imaml,mamlpp,boil",
             "shots=5",
             "num_steps=20",
             "eval_tasks=10",
@@ -118,9 +119,12 @@ def test_tiny_run_scores_every_method_and_step(tmp_path):
         ],
         progress=False,
     )
-    scores = results["scores"]["maml/train5/eval5"]
-    assert set(scores) == {"0", "1", "3"}
-    assert all(0 < s["mean"] < 100 and 0 < s["ci95"] < s["mean"] for s in scores.values())
+    for method in ("maml", "imaml", "mamlpp", "boil"):
+        scores = results["scores"][f"{method}/train5/eval5"]
+        assert set(scores) == {"0", "1", "3"}
+        assert all(0 < s["mean"] < 100 and 0 < s["ci95"] < s["mean"] for s in scores.values())
+    labels = [row[0] for row in results["table"]["rows"]]
+    assert labels == ["MAML", "iMAML (40 inner steps)", "MAML++ (5 inner steps)", "BOIL"]
     assert (tmp_path / "run" / "adapted_curves.png").stat().st_size > 0
 
 

@@ -205,7 +205,9 @@ def test_eval_labels_never_reach_training():
     assert first.history_[0]["ari"] != second.history_[0]["ari"]
 
 
-@pytest.mark.parametrize("algorithm", ["protonet", "maml", "fomaml", "metasgd", "anil", "reptile"])
+@pytest.mark.parametrize(
+    "algorithm", ["protonet", "maml", "fomaml", "metasgd", "anil", "reptile", "imaml"]
+)
 def test_every_algorithm_meta_trains_on_pseudo_tasks(algorithm):
     x, truth = make_blobs(240, centers=4, n_features=6, random_state=2)
     x = x.astype(np.float32)

@@ -452,6 +452,8 @@ class UnsupervisedMetaLearner:
             self.meta_batch,
             default_optimizer(self.outer_lr),
             self.mesh,
+            # An annealed algorithm (MAML++) anneals over every round's steps together.
+            num_steps=self.rounds * self.steps_per_round,
         )
         state = meta_step.init(meta_params)
         if opt_state is not None:
