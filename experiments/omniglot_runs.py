@@ -24,11 +24,12 @@ training and ``num_runs`` runs are built from the alphabets ``alphabets`` names 
 (``jmeta.data.make_oneshot_runs``: 20 characters of one alphabet, one drawer's images to
 train and another's to test). ``checkpoint`` is the directory of an earlier ``jmeta run
 omniglot`` or ``omniglot-runs`` run whose trained models are used instead of training new
-ones (stages ``protonet-{train_ways}way`` and ``METHOD-20way``; the training fields must
-match that run's). ``methods`` takes any of ``omniglot.ANY_WAYS`` (``protonet``,
-``matching``, ``r2d2``, ``finetune``), any gradient-based algorithm of
-``jmeta.algorithms`` (``maml``, ``fomaml``, ``metasgd``, ``anil``, ...; trained at 20
-ways, adapted on each run's 20 training images) and the two baselines.
+ones (stage ``METHOD-{train_ways}way`` for a method of ``omniglot.ANY_WAYS``,
+``METHOD-20way`` for the others; the training fields must match that run's).
+``methods`` takes any of ``omniglot.ANY_WAYS`` (``protonet``, ``matching``, ``r2d2``,
+``finetune``), any gradient-based algorithm of ``jmeta.algorithms`` (``maml``,
+``fomaml``, ``metasgd``, ``anil``, ...; trained at 20 ways, adapted on each run's 20
+training images) and the two baselines.
 """
 
 from __future__ import annotations
