@@ -33,8 +33,9 @@ TINY = [
 ]
 
 
-# A run long enough to be caught while it trains.
-LONG_RUN = ("--no-progress", "num_steps=4000", "log_every=100", "checkpoint_every=100")
+# A run long enough to be caught while it trains, on a loaded machine too: 4,000 steps
+# took 3 s here, and a CI run once finished it before the Ctrl-C landed. Both users kill it.
+LONG_RUN = ("--no-progress", "num_steps=200000", "log_every=100", "checkpoint_every=100")
 
 
 def _command(out, *extra):
