@@ -33,9 +33,8 @@ TINY = [
 ]
 
 
-# A run long enough to be caught while it trains, on a loaded machine too: 4,000 steps
-# took 3 s here, and a CI run once finished it before the Ctrl-C landed. Both users kill it.
-LONG_RUN = ("--no-progress", "num_steps=200000", "log_every=100", "checkpoint_every=100")
+# A run long enough to be caught while it trains.
+LONG_RUN = ("--no-progress", "num_steps=4000", "log_every=100", "checkpoint_every=100")
 
 
 def _command(out, *extra):
@@ -249,8 +248,16 @@ def test_the_terminal_shows_the_folder_compiling_stage_k_of_n_and_a_line_per_sta
 
 def test_ctrl_c_stops_cleanly_with_the_resume_command(tmp_path):
     out = tmp_path / "run"
+    # A shell's background job inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: under a test run started with `&` the Ctrl-C would be lost.
+    # The child puts Python's handler back itself (a preexec_fn would fork a JAX process).
+    python, _, _, *arguments = _command(out, *LONG_RUN)
+    with_handler = (
+        "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "runpy.run_module('jmeta', run_name='__main__', alter_sys=True)"
+    )
     process = subprocess.Popen(
-        _command(out, *LONG_RUN),
+        [python, "-c", with_handler, *arguments],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
