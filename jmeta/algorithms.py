@@ -13,7 +13,7 @@ mamlpp      MAML++ (Antoniou et al. 2019): LSLR, the multi-step loss over the fi
             batch-norm weights and a cosine-annealed outer rate
 imaml       implicit MAML (Rajeswaran et al. 2019): a proximal inner problem (lambda = 2)
             and its implicit meta-gradient by 5 conjugate-gradient steps; the inner rate
-            is capped at 1 / (lambda + h) by 10 power iterations for the curvature h
+            is capped at 1 / (lambda + h), h the curvature from 10 Lanczos iterations
 anil        only the head adapts in the inner loop (Raghu et al. 2020)
 boil        only the body adapts, the head stays fixed in the inner loop (Oh et al. 2021)
 reptile     update direction ``init - adapted`` (Nichol et al. 2018), no second order

@@ -101,7 +101,7 @@ class MetaLearnerConfig:
         cosine from the optimizer's rate down to 1% of it over the run).
       curvature_steps: with ``n > 0``, each task's inner rate is at most ``1 / (proximal +
         h)``, ``h`` its support loss's largest Hessian eigenvalue at the initial weights
-        (``n`` power iterations): gradient descent then cannot diverge on the proximal
+        (``n`` Lanczos iterations): gradient descent then cannot diverge on the proximal
         problem, which iMAML's meta-gradient assumes solved (``jmeta.inner``).
     """
 
