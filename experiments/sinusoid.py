@@ -2,7 +2,7 @@
 
 Command:  jmeta run sinusoid                     (the README's quick start)
           jmeta run sinusoid num_steps=70000     (the paper's length of meta-training)
-          jmeta run sinusoid methods=maml,imaml,mamlpp,boil   (about 10 minutes)
+          jmeta run sinusoid methods=maml,imaml,mamlpp,boil   (about 15 minutes)
 Runtime:  about 4 minutes on a 2-core laptop CPU with the defaults (10 models x 20,000
           meta-steps, meta-batch 25), about 12 minutes at 70,000 steps.
 Expected: MSE after 1 / 5 / 10 steps on 600 held-out tasks; MAML trained at K=10 and
