@@ -5,7 +5,9 @@ Command:  jmeta run omniglot                       (prototypical networks)
           jmeta run omniglot methods=protonet,maml (adds MAML, one model per number of ways)
           jmeta run omniglot methods=matching,r2d2,finetune   (the other trained-once methods)
 Runtime:  about 12 minutes on a 2-core laptop CPU for prototypical networks with the
-          defaults; MAML (one model per number of ways) adds much more on CPU.
+          defaults; 17 to 35 minutes each for matching networks, R2D2 and fine-tuning;
+          MAML or BOIL about 18 minutes (a 5-way and a 20-way model), MAML++ about 35,
+          iMAML far more (its measured times are in experiments/README.md).
 Expected: accuracy (mean ± 95% CI over 1,000 tasks) on the 256 characters of rows 708-963
           of ``images_background.npz`` (the whole alphabets from Alphabet_of_the_Magi on),
           held out of training: about 97% 5-way 1-shot and 90% 20-way 1-shot, 5-shot
