@@ -115,9 +115,8 @@ def test_implicit_meta_gradient_trains_and_its_inner_loop_is_proximal():
     start = meta_learner.init()
     adapted = jax.jit(meta_learner.adapt)(start, task.support)[0]
     plain_config = jmeta.MetaLearnerConfig(num_inner_steps=5, inner_lr=0.05)
-    plain = jax.jit(jmeta.make_meta_learner(small_mlp(), plain_config).adapt)(start, task.support)[
-        0
-    ]
+    plain_learner = jmeta.make_meta_learner(small_mlp(), plain_config)
+    plain = jax.jit(plain_learner.adapt)(start, task.support)[0]
     # The proximal term pulls toward the initial weights: the adapted ones stay closer.
     distance = lambda params: float(jmeta.inner.squared_distance(params, start.learners))
     assert 0 < distance(adapted) < distance(plain)
